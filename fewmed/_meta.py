@@ -1,0 +1,212 @@
+"""The few-shot protocol shared by fewmed's meta-learners and few-shot baselines.
+
+``fit`` learns from common classes, ``adapt(X_support, y_support)`` specialises to
+a new task (``classes_`` become that task's labels), ``predict_proba`` /
+``predict`` / ``decision_function`` answer on the adapted task, and ``score``
+samples episodes from the classes it is given and returns their mean AUC, so
+``GridSearchCV`` / ``cross_val_score`` work with :class:`LeaveClassesOut`.
+Subclasses implement ``_fit(X, y)``, ``_adapt(Xs, ys)`` and ``_predict_logits(X)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+from fewmed._validation import check_image_shape, check_images
+from fewmed.metrics import ConfidenceInterval, episodic_auc
+from fewmed.model_selection import EpisodeSampler, TaskDistribution
+
+__all__ = ["FewShotMixin"]
+
+
+class FewShotMixin(ClassifierMixin, BaseEstimator):
+    """fit / adapt / predict / score for episodic few-shot estimators."""
+
+    # --------------------------------------------------------------- helpers
+    def _task_shape(self) -> tuple[int, int, int]:
+        return (
+            getattr(self, "n_way", 2),
+            getattr(self, "n_shot", 5),
+            getattr(self, "n_query", 15),
+        )
+
+    def _validate_fit_input(self, X, y):
+        """Unpack a TaskDistribution, validate images and labels, set ``input_shape_``."""
+        shape = None
+        if isinstance(X, TaskDistribution):
+            if y is not None:
+                raise ValueError("pass either a TaskDistribution or (X, y), not both.")
+            shape = (X.n_way, X.n_shot, X.n_query)
+            X, y = X.X, X.y
+        if y is None:
+            raise ValueError("fit needs labels y (or a TaskDistribution as X).")
+        Xt = check_images(X)
+        y = np.asarray(y)
+        if y.ndim != 1:
+            raise ValueError(f"y must be 1-D class labels, got shape {y.shape}.")
+        if len(y) != len(Xt):
+            raise ValueError(f"X and y differ in length: {len(Xt)} != {len(y)}.")
+        n_way, n_shot, n_query = self._task_shape()
+        if shape is not None:
+            n_way = shape[0] or n_way
+            n_shot = shape[1] or n_shot
+            n_query = shape[2] if shape[2] is not None else n_query
+        self.task_shape_ = (n_way, n_shot, n_query)
+        self.input_shape_ = tuple(Xt.shape[1:])
+        self.n_features_in_ = int(np.prod(self.input_shape_))
+        self.train_classes_ = np.unique(y)
+        if len(self.train_classes_) < 2:
+            raise ValueError(
+                f"y has a single class ({self.train_classes_[0]!r}); meta-training needs at "
+                "least n_way classes."
+            )
+        return Xt, y
+
+    def _check_X(self, X, name: str = "X") -> torch.Tensor:
+        Xt = check_images(X, name=name)
+        check_image_shape(Xt, self.input_shape_, name=name)
+        return torch.from_numpy(Xt)
+
+    # ------------------------------------------------------------ protocol
+    def adapt(self, X, y):
+        """Specialise to a new task from its support set.
+
+        Parameters
+        ----------
+        X : array-like of images
+            Support images, of the same size and channels as in ``fit``.
+        y : array-like of shape (n_support,)
+            Labels of the new task (any values); ``classes_`` becomes ``unique(y)``.
+
+        Returns
+        -------
+        self
+        """
+        check_is_fitted(self, "input_shape_")
+        Xs = self._check_X(X)
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != len(Xs):
+            raise ValueError(
+                f"y must be 1-D with one label per support image; got shape {y.shape} for "
+                f"{len(Xs)} images."
+            )
+        classes, ys = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(
+                f"the support set has a single class ({classes[0]!r}); adapt needs at least two "
+                "classes (a task is n_way-way)."
+            )
+        self._check_n_classes(len(classes))
+        self.classes_ = classes
+        self._adapt(Xs, torch.as_tensor(ys, dtype=torch.long))
+        return self
+
+    def _check_n_classes(self, n: int) -> None:
+        """Hook: refuse tasks of a width the estimator cannot serve."""
+
+    def _check_adapted(self) -> None:
+        check_is_fitted(self, "input_shape_")
+        if not hasattr(self, "classes_"):
+            raise NotFittedError(
+                f"{type(self).__name__} is meta-trained but not adapted: call "
+                "adapt(X_support, y_support) on the new task before predicting."
+            )
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logits ``(n, n_classes)``, or the positive-class margin ``(n,)`` for two classes."""
+        self._check_adapted()
+        logits = self._predict_logits(self._check_X(X))
+        if logits.shape[1] == 2:
+            return logits[:, 1] - logits[:, 0]
+        return logits
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities on the adapted task, columns in the order of ``classes_``."""
+        self._check_adapted()
+        logits = torch.as_tensor(self._predict_logits(self._check_X(X)))
+        return torch.softmax(logits.double(), dim=1).numpy()
+
+    def predict(self, X) -> np.ndarray:
+        """Most probable label of the adapted task."""
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(1)]
+
+    def score_episodes(
+        self,
+        X,
+        y,
+        *,
+        n_tasks: int | None = None,
+        n_shot: int | None = None,
+        n_query: int | None = None,
+        random_state=None,
+    ) -> ConfidenceInterval:
+        """Mean AUC and 95% CI over tasks sampled from ``(X, y)``.
+
+        Each task draws ``n_way`` classes, adapts a copy of the meta-trained model
+        to ``n_shot`` support images per class and scores the ``n_query`` query
+        images per class. The estimator itself is left as it was.
+        """
+        check_is_fitted(self, "input_shape_")
+        Xt = self._check_X(X)
+        y = np.asarray(y)
+        n_way, k, q = self.task_shape_
+        k = n_shot or k
+        q = q if n_query is None else n_query
+        n_tasks = n_tasks or getattr(self, "n_score_tasks", 100)
+        seed = self.random_state if random_state is None else random_state
+        sampler = EpisodeSampler(n_way, k, q, random_state=_score_seed(seed))
+        saved = self._save_adapted()
+        y_true, y_score = [], []
+        try:
+            for ep in sampler.sample(y, n_tasks):
+                self.classes_ = ep.classes
+                self._adapt(Xt[ep.support_idx], torch.as_tensor(ep.support_y))
+                logits = torch.as_tensor(self._predict_logits(Xt[ep.query_idx]))
+                y_true.append(ep.query_y)
+                y_score.append(torch.softmax(logits.double(), 1).numpy())
+        finally:
+            self._restore_adapted(saved)
+        return episodic_auc(y_true, y_score)
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """Mean AUC over ``n_score_tasks`` episodes sampled from ``(X, y)``.
+
+        ``X, y`` hold classes unseen in ``fit`` (a class-disjoint split), so
+        ``GridSearchCV(..., cv=LeaveClassesOut(...))`` selects what generalises to
+        new diseases.
+        """
+        if sample_weight is not None:
+            raise ValueError("score does not support sample_weight (it averages over tasks).")
+        return float(self.score_episodes(X, y).mean)
+
+    # ----------------------------------------------- adapted-state plumbing
+    _adapted_attrs: tuple[str, ...] = ("classes_",)
+
+    def _save_adapted(self) -> dict:
+        return {a: getattr(self, a) for a in self._adapted_attrs if hasattr(self, a)}
+
+    def _restore_adapted(self, saved: dict) -> None:
+        for a in self._adapted_attrs:
+            if a in saved:
+                setattr(self, a, saved[a])
+            elif hasattr(self, a):
+                delattr(self, a)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.non_deterministic = False
+        return tags
+
+
+def _score_seed(random_state) -> int:
+    """A fixed episode seed for scoring (so every candidate sees the same tasks)."""
+    if isinstance(random_state, (int, np.integer)):
+        return int(random_state) + 7919
+    return 7919

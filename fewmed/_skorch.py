@@ -1,0 +1,628 @@
+"""Shared skorch plumbing for fewmed's supervised image classifiers.
+
+:class:`ImageNetClassifier` is a :class:`skorch.NeuralNetClassifier` with the
+defaults and hooks fewmed's imbalance learners (``CDCClassifier``,
+``RelationalSubsetsDistiller``) need. It never overrides ``fit``, ``fit_loop`` or
+``run_single_epoch``; everything happens in skorch's hooks:
+
+* ``check_data`` validates ``X`` (:func:`fewmed._validation.check_images`) and
+  ``y`` (any label values, at least two classes, matching length), records
+  ``classes_``, ``n_features_in_``, ``input_shape_`` and the class counts, and
+  (re)builds the modules and criteria when the data's shape calls for it;
+* ``get_dataset`` converts images to float ``(n, C, H, W)`` and labels to codes
+  ``0..n_classes-1`` (the models never see the raw labels), and checks at predict
+  time that images have the shape seen in ``fit``;
+* ``initialize_module`` / ``initialize_criterion`` call the subclass's
+  ``_build_modules(info)`` / ``_build_criteria(info)``, with the module
+  initialisation seeded from ``random_state`` inside :func:`torch.random.fork_rng`
+  (the global torch RNG is left as it was);
+* ``get_iterator`` gives the training ``DataLoader`` a seeded
+  :class:`torch.Generator`, so shuffling is reproducible without global seeding;
+* ``train_step_single`` applies the optional augmentation (seeded too).
+
+Defaults that differ from skorch's, on purpose:
+
+* ``train_split=None``: skorch's default holds out 20% of the data, which takes
+  a fifth of a 100-image rare class away without telling anyone. Pass
+  ``train_split=stratified_split(0.1)`` for an explicit, stratified hold-out;
+* ``predict_nonlinearity=softmax``: skorch's ``"auto"`` only recognises CE/BCE
+  criteria and would return logits from ``predict_proba`` for a focal loss;
+* ``optimizer=torch.optim.Adam``, ``lr=1e-3``, ``verbose=0`` (no printed log).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.exceptions import DataConversionWarning, NotFittedError
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import type_of_target
+from skorch import NeuralNetClassifier
+from skorch.callbacks import EpochScoring, EpochTimer, PassthroughScoring, PrintLog
+from skorch.dataset import ValidSplit, unpack_data
+from skorch.utils import to_tensor
+from torch import nn
+
+from ._validation import check_images, resolve_device
+from .nn import Augment
+
+__all__ = [
+    "ArrayDataset",
+    "ImageNetClassifier",
+    "softmax",
+    "sigmoid",
+    "stratified_split",
+    "make_augment",
+]
+
+
+def softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the class axis: the ``predict_nonlinearity`` of CE / focal models.
+
+    Examples
+    --------
+    >>> import torch
+    >>> softmax(torch.zeros(1, 2))
+    tensor([[0.5000, 0.5000]])
+    """
+    return torch.softmax(logits, dim=1)
+
+
+def sigmoid(logits: torch.Tensor) -> torch.Tensor:
+    """Element-wise sigmoid: the ``predict_nonlinearity`` of multi-label models.
+
+    Examples
+    --------
+    >>> import torch
+    >>> sigmoid(torch.zeros(1, 2))
+    tensor([[0.5000, 0.5000]])
+    """
+    return torch.sigmoid(logits)
+
+
+def stratified_split(fraction: float = 0.1, random_state: int | None = 0) -> ValidSplit:
+    """An explicit, stratified validation hold-out for ``train_split``.
+
+    Parameters
+    ----------
+    fraction : float, default=0.1
+        Share of every class held out for validation (``valid_loss``,
+        ``valid_acc`` and ``valid_f1`` in the history).
+    random_state : int or None, default=0
+
+    Returns
+    -------
+    skorch.dataset.ValidSplit
+
+    Examples
+    --------
+    >>> stratified_split(0.2).stratified
+    True
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}.")
+    return ValidSplit(fraction, stratified=True, random_state=random_state)
+
+
+def make_augment(augment: Any) -> Augment | None:
+    """Turn an ``augment`` parameter into an :class:`~fewmed.nn.Augment` (or ``None``).
+
+    ``False``/``None`` → no augmentation, ``True`` → ``Augment()`` defaults, a dict →
+    ``Augment(**dict)``, an ``Augment`` (or any callable ``f(x, generator=)``) as is.
+
+    Examples
+    --------
+    >>> make_augment(True)
+    Augment(scale=(1.0, 1.25), rotation=30.0, hflip=True, vflip=True, translate=True)
+    """
+    if augment is None or augment is False:
+        return None
+    if augment is True:
+        return Augment()
+    if isinstance(augment, dict):
+        return Augment(**augment)
+    if callable(augment):
+        return augment
+    raise ValueError(
+        f"augment must be a bool, a dict of Augment parameters or an Augment; got {augment!r}."
+    )
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """Images (float ``(n, C, H, W)``) and optional label codes, fetched a batch at a time.
+
+    ``__getitems__`` lets the ``DataLoader`` slice a whole batch at once instead
+    of collating ``batch_size`` single images (several times faster on a CPU).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ds = ArrayDataset(np.zeros((4, 1, 2, 2), dtype=np.float32), np.arange(4))
+    >>> len(ds), ds[1][1]
+    (4, tensor(1))
+    """
+
+    def __init__(self, X: np.ndarray, y: np.ndarray | None = None) -> None:
+        self.X = torch.from_numpy(np.ascontiguousarray(X))
+        self.y = None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return self.X[i], (self.y[i] if self.y is not None else torch.zeros(()))
+
+    def __getitems__(self, indices):
+        idx = torch.as_tensor(indices)
+        y = self.y[idx] if self.y is not None else torch.zeros(len(idx))
+        return [(self.X[idx], y)]
+
+
+def _collate_batch(batch):
+    # ArrayDataset.__getitems__ already returns one stacked batch
+    if len(batch) == 1 and isinstance(batch[0], tuple) and batch[0][0].ndim == 4:
+        return batch[0]
+    return torch.utils.data.default_collate(batch)
+
+
+def _is_array_dataset(ds: Any) -> bool:
+    while isinstance(ds, torch.utils.data.Subset):
+        ds = ds.dataset
+    return isinstance(ds, ArrayDataset)
+
+
+def _encoded_scores(net: ImageNetClassifier, X: Any, y: Any) -> float:
+    # the datasets hold label *codes*; compare them with argmax codes (not labels)
+    proba = net.predict_proba(X)
+    return float(np.mean(proba.argmax(axis=1) == np.asarray(y)))
+
+
+def _encoded_macro_f1(net: ImageNetClassifier, X: Any, y: Any) -> float:
+    from sklearn.metrics import f1_score
+
+    proba = net.predict_proba(X)
+    return float(f1_score(np.asarray(y), proba.argmax(axis=1), average="macro", zero_division=0))
+
+
+class _Unbuilt(nn.Module):
+    """Stand-in before ``fit`` has seen data (the real module depends on its shape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.placeholder = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - guarded
+        raise RuntimeError("the network is built when fit() sees data; call fit first.")
+
+
+class ImageNetClassifier(NeuralNetClassifier):
+    """Base class: a skorch classifier for image arrays with fewmed's defaults.
+
+    Subclasses implement ``_build_modules(info)`` (set ``self.module_`` and any
+    extra modules such as ``self.decoder_``) and ``_build_criteria(info)`` (set
+    ``self.criterion_`` and extra criteria); ``info`` is the dict of data facts
+    ``check_data`` collected (``input_shape``, ``n_classes``, ``class_counts``,
+    ``in_unit_range``). See the module docstring for the hooks used.
+
+    Parameters
+    ----------
+    module : str, nn.Module class or instance, default="conv4"
+    optimizer : torch optimizer class, default=torch.optim.Adam
+    lr : float, default=1e-3
+    max_epochs : int, default=20
+    batch_size : int, default=64
+    train_split : callable or None, default=None
+        ``None`` trains on all the data (no silent hold-out); see
+        :func:`stratified_split`.
+    predict_nonlinearity : callable, default=softmax
+    augment : bool, dict or Augment, default=False
+    random_state : int, RandomState or None, default=None
+    device : {"cpu", "cuda", "auto"} or torch.device, default="cpu"
+        ``"auto"`` picks CUDA when available; it is replaced by the device it
+        resolved to when the network is initialised.
+    verbose : int, default=0
+    **kwargs
+        Any further skorch parameter (``callbacks``, ``iterator_train__num_workers``,
+        ``optimizer__weight_decay``, ...).
+    """
+
+    def __init__(
+        self,
+        module: Any = "conv4",
+        *,
+        criterion: Any = None,
+        optimizer: Any = torch.optim.Adam,
+        lr: float = 1e-3,
+        max_epochs: int = 20,
+        batch_size: int = 64,
+        train_split: Any = None,
+        predict_nonlinearity: Any = softmax,
+        augment: Any = False,
+        random_state: Any = None,
+        device: Any = "cpu",
+        verbose: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            module,
+            criterion=criterion,
+            optimizer=optimizer,
+            lr=lr,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_split=train_split,
+            predict_nonlinearity=predict_nonlinearity,
+            device=device,
+            verbose=verbose,
+            **kwargs,
+        )
+        self.augment = augment
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ callbacks
+    @property
+    def _default_callbacks(self):
+        cbs = [
+            ("epoch_timer", EpochTimer()),
+            ("train_loss", PassthroughScoring(name="train_loss", on_train=True)),
+            ("valid_loss", PassthroughScoring(name="valid_loss")),
+            (
+                "valid_acc",
+                EpochScoring(_encoded_scores, name="valid_acc", lower_is_better=False),
+            ),
+            (
+                "valid_f1",
+                EpochScoring(_encoded_macro_f1, name="valid_f1", lower_is_better=False),
+            ),
+        ]
+        for name in self._loss_terms():
+            cbs.append((name, PassthroughScoring(name=name, on_train=True)))
+        cbs.append(("print_log", PrintLog()))
+        return cbs
+
+    def _check_params(self) -> None:
+        """Validate hyper-parameters (subclasses extend); raise ``ValueError`` naming them."""
+        for name in ("max_epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an int, got {value!r}.")
+        if self.max_epochs < 0:
+            raise ValueError(f"max_epochs must be >= 0, got {self.max_epochs}.")
+        if self.batch_size < 1 and self.batch_size != -1:
+            raise ValueError(f"batch_size must be >= 1 (or -1 for all), got {self.batch_size}.")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be a positive float, got {self.lr!r}.")
+        make_augment(self.augment)
+
+    def _loss_terms(self) -> tuple[str, ...]:
+        """Names of the per-batch loss terms recorded in the history (subclasses)."""
+        return ()
+
+    # ------------------------------------------------------------------ init hooks
+    def initialize(self):
+        """Check the parameters, resolve ``device`` (``"auto"``; a clear error for a missing
+        GPU), then skorch's initialisation."""
+        self._check_params()
+        if self.device is not None:
+            resolved = resolve_device(self.device)
+            if self.device == "auto":
+                self.device = str(resolved)
+        return super().initialize()
+
+    def _draw_seeds(self) -> None:
+        rs = check_random_state(self.random_state)
+        init, loader, aug = rs.randint(0, 2**31 - 1, size=3)
+        self.seeds_ = {"init": int(init), "loader": int(loader), "augment": int(aug)}
+
+    def initialize_module(self):
+        self.fresh_ = True
+        info = getattr(self, "data_info_", None)
+        if info is None:
+            self.module_ = _Unbuilt()
+            self.built_for_ = None
+            return self
+        self._draw_seeds()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seeds_["init"])
+            self._build_modules(info)
+        self.built_for_ = self._signature(info)
+        return self
+
+    def initialize_criterion(self):
+        self._build_criteria(getattr(self, "data_info_", None))
+        return self
+
+    def _build_modules(self, info: dict) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _build_criteria(self, info: dict | None) -> None:
+        self.criterion_ = nn.CrossEntropyLoss()
+
+    @staticmethod
+    def _signature(info: dict) -> tuple:
+        return (tuple(info["input_shape"]), int(info["n_classes"]), bool(info["in_unit_range"]))
+
+    # ------------------------------------------------------------------ data hooks
+    def _validate_y(self, y: Any, n: int) -> np.ndarray:
+        if y is None:
+            raise ValueError(f"{type(self).__name__} needs labels y; got y=None.")
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            warnings.warn(
+                "A column-vector y was passed when a 1d array was expected; it was raveled.",
+                DataConversionWarning,
+                stacklevel=3,
+            )
+            y = y.ravel()
+        if y.ndim != 1:
+            raise ValueError(
+                f"y must be 1-D class labels of shape (n_samples,); got shape {y.shape}."
+            )
+        if len(y) != n:
+            raise ValueError(f"X has {n} samples but y has {len(y)}: they must match.")
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            raise ValueError("y contains NaN or infinity.")
+        kind = type_of_target(y)
+        if kind == "continuous":
+            raise ValueError(
+                f"Unknown label type: y looks continuous ({kind}); a classifier needs class "
+                "labels (ints or strings)."
+            )
+        classes = np.unique(y)
+        if len(classes) < 2:
+            raise ValueError(
+                f"y has a single class ({classes[0]!r}); a classifier needs at least 2 classes."
+            )
+        return y
+
+    def _prevalidate(self, X: Any, y: Any, fitting: bool = True) -> None:
+        """Cheap checks on raw input, before skorch's callbacks touch it."""
+        import scipy.sparse as sp
+
+        if sp.issparse(X):
+            raise TypeError(
+                f"{type(self).__name__} does not support sparse input: pass a dense image array."
+            )
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None."
+            )
+        shape = tuple(X.shape) if isinstance(X, torch.Tensor) else None
+        if shape is None:
+            arr = np.asarray(X)
+            shape = arr.shape
+            if arr.dtype.kind == "c":
+                raise ValueError("Complex data not supported: X must hold real-valued images.")
+        if len(shape) == 1:
+            raise ValueError(
+                "X is 1-D: Reshape your data with X.reshape(-1, 1) for one feature or "
+                "X[None] for a single image."
+            )
+        if len(shape) == 2 and shape[1] == 0:
+            raise ValueError(f"0 feature(s) (shape={shape}) while a minimum of 1 is required.")
+        n = shape[0] if shape else 0
+        if n == 0:
+            raise ValueError("X is empty (0 samples); at least 2 samples are needed.")
+        if fitting and n < 2:
+            raise ValueError(f"n_samples={n}: at least 2 samples are needed to fit a classifier.")
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        """Validate the raw input before any callback sees it."""
+        if not isinstance(X, torch.utils.data.Dataset):
+            self._prevalidate(X, y)
+        return super().on_train_begin(net, X=X, y=y, **kwargs)
+
+    def _as_array(self, X: Any) -> np.ndarray:
+        if not isinstance(X, torch.Tensor | np.ndarray):
+            X = np.asarray(X)
+        if isinstance(X, np.ndarray) and X.dtype == object:
+            try:
+                X = X.astype(np.float64)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"X has dtype object that cannot be converted to numbers: {exc}"
+                ) from exc
+        return check_images(X)
+
+    def _shape_error(self, got: tuple, expected: tuple) -> ValueError:
+        if got[:2] == (1, 1) and expected[:2] == (1, 1):
+            return ValueError(
+                f"X has {got[2]} features, but {type(self).__name__} is expecting "
+                f"{expected[2]} features as input."
+            )
+        return ValueError(
+            f"X has images of shape (C, H, W) = {got}, but {type(self).__name__} was fitted "
+            f"on {expected}: resize them (loaders take size=)."
+        )
+
+    def _encode(self, y: np.ndarray) -> np.ndarray:
+        classes = np.asarray(self.classes_)
+        order = np.argsort(classes, kind="stable")
+        pos = np.searchsorted(classes[order], y)
+        pos = np.clip(pos, 0, len(classes) - 1)
+        codes = order[pos]
+        unknown = classes[codes] != y
+        if np.any(unknown):
+            raise ValueError(
+                f"y contains labels {np.unique(y[unknown]).tolist()} that are not among the "
+                f"classes {classes.tolist()}."
+            )
+        return codes.astype(np.int64)
+
+    def check_data(self, X: Any, y: Any = None) -> None:
+        """Validate images and labels, record ``classes_`` and the data facts, (re)build."""
+        self._prevalidate(X, y)
+        Xc = self._as_array(X)
+        y = self._validate_y(y, len(Xc))
+        built = getattr(self, "built_for_", None)
+        if not getattr(self, "fresh_", True) and built is not None:
+            if tuple(Xc.shape[1:]) != built[0]:  # partial_fit / warm start on other shapes
+                raise self._shape_error(tuple(Xc.shape[1:]), built[0])
+        if self.classes is not None:
+            self.classes_inferred_ = np.asarray(self.classes)
+        else:
+            self.classes_inferred_ = np.unique(y)
+        codes = self._encode(y)
+        n_classes = len(self.classes_)
+        info = {
+            "input_shape": tuple(int(v) for v in Xc.shape[1:]),
+            "n_classes": n_classes,
+            "class_counts": np.bincount(codes, minlength=n_classes),
+            "in_unit_range": bool(Xc.min() >= 0.0 and Xc.max() <= 1.0),
+        }
+        self.data_info_ = info
+        self.input_shape_ = info["input_shape"]
+        self.n_features_in_ = int(Xc.shape[1] * Xc.shape[2] * Xc.shape[3])
+        self.fit_cache_ = (id(X), Xc, codes)
+        if built != self._signature(info):
+            self._initialize_module()
+            self._initialize_criterion()
+            self._initialize_optimizer()
+        else:  # same shapes (warm start / refit): only the class weights may change
+            self._initialize_criterion()
+        self.fresh_ = False
+
+    def get_dataset(self, X: Any, y: Any = None):
+        """Images → float ``(n, C, H, W)``, labels → codes, then skorch's dataset."""
+        if y is None:
+            self.check_is_fitted()
+        if isinstance(X, torch.utils.data.Dataset):
+            return X
+        cache = getattr(self, "fit_cache_", None)
+        if y is not None and cache is not None and cache[0] == id(X):
+            Xc, codes = cache[1], cache[2]
+            self.fit_cache_ = None
+        else:
+            self._prevalidate(X, np.zeros(2) if y is None else y, fitting=y is not None)
+            Xc = self._as_array(X)
+            codes = None if y is None else self._encode(self._validate_y(y, len(Xc)))
+            shape = getattr(self, "input_shape_", None)
+            if shape is not None and tuple(Xc.shape[1:]) != tuple(shape):
+                raise self._shape_error(tuple(Xc.shape[1:]), tuple(shape))
+        return ArrayDataset(Xc, codes)
+
+    def get_split_datasets(self, X: Any, y: Any = None, **fit_params: Any):
+        """skorch's split; refuses ``sample_weight`` (use ``class_weight``) explicitly."""
+        if "sample_weight" in fit_params:
+            raise TypeError(
+                f"{type(self).__name__}.fit does not support sample_weight; use class_weight "
+                "(per-class weights) instead."
+            )
+        return super().get_split_datasets(X, y, **fit_params)
+
+    def get_iterator(self, dataset, training: bool = False):
+        """skorch's iterator, with a seeded generator for the training shuffle.
+
+        Called once per ``fit`` after ``check_data``; also seeds the augmentation.
+        """
+        if training:
+            seeds = getattr(self, "seeds_", None) or {"augment": 0}
+            self.augment_ = make_augment(self.augment)
+            self.augment_generator_ = torch.Generator().manual_seed(seeds["augment"])
+        if training and "iterator_train__generator" not in self.__dict__:
+            seeds = getattr(self, "seeds_", None)
+            if seeds is not None and self.__dict__.get("iterator_train__shuffle", True):
+                gen = torch.Generator()
+                gen.manual_seed(seeds["loader"])
+                kwargs = self.get_params_for("iterator_train")
+                kwargs.setdefault("batch_size", self.batch_size)
+                kwargs["shuffle"] = True
+                if kwargs["batch_size"] == -1:
+                    kwargs["batch_size"] = len(dataset)
+                kwargs["generator"] = gen
+                if _is_array_dataset(dataset):
+                    kwargs.setdefault("collate_fn", _collate_batch)
+                return self.iterator_train(dataset, **kwargs)
+        prefix = "iterator_train" if training else "iterator_valid"
+        if _is_array_dataset(dataset) and f"{prefix}__collate_fn" not in self.__dict__:
+            kwargs = self.get_params_for(prefix)
+            kwargs.setdefault("batch_size", self.batch_size)
+            if kwargs["batch_size"] == -1:
+                kwargs["batch_size"] = len(dataset)
+            kwargs["collate_fn"] = _collate_batch
+            # a private generator: the DataLoader draws a worker seed from torch's
+            # global RNG otherwise, and predicting must not move the user's RNG
+            kwargs.setdefault("generator", torch.Generator())
+            iterator = self.iterator_train if training else self.iterator_valid
+            return iterator(dataset, **kwargs)
+        return super().get_iterator(dataset, training=training)
+
+    def on_train_end(self, net, X=None, y=None, **kwargs):
+        self.fit_cache_ = None
+        return super().on_train_end(net, X=X, y=y, **kwargs)
+
+    # ------------------------------------------------------------------ training
+    def _augment_batch(self, Xi: torch.Tensor) -> torch.Tensor:
+        aug = getattr(self, "augment_", None)
+        if aug is None:
+            return Xi
+        return aug(Xi, generator=self.augment_generator_)
+
+    def train_step_single(self, batch, **fit_params):
+        """Augment (if asked), forward, loss (with its terms recorded), backward."""
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        Xi = self._augment_batch(to_tensor(Xi, device=self.device))
+        y_pred = self.infer(Xi, **fit_params)
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        loss.backward()
+        terms = getattr(self, "last_terms_", None) or {}
+        for name, value in terms.items():
+            self.history.record_batch(name, float(value))
+        return {"loss": loss, "y_pred": y_pred}
+
+    # ------------------------------------------------------------------ prediction
+    def __sklearn_is_fitted__(self) -> bool:
+        return bool(getattr(self, "initialized_", False)) and (
+            getattr(self, "built_for_", None) is not None
+        )
+
+    def check_is_fitted(self, attributes=None, *args, **kwargs):
+        """Raise :class:`sklearn.exceptions.NotFittedError` before ``fit``."""
+        if not self.__sklearn_is_fitted__():
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this estimator."
+            )
+        return super().check_is_fitted(attributes, *args, **kwargs)
+
+    def _get_param_names(self):
+        return [k for k in super()._get_param_names() if k != "_params_to_validate"]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities ``(n_samples, n_classes)``, columns in ``classes_`` order.
+
+        Parameters
+        ----------
+        X : array-like of images
+            As in ``fit``; images must have the fitted ``(C, H, W)``.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
+        self.check_is_fitted()
+        return super().predict_proba(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted class labels (values from ``classes_``, not codes).
+
+        Parameters
+        ----------
+        X : array-like of images
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        self.check_is_fitted()
+        return np.asarray(self.classes_)[self.predict_proba(X).argmax(axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.random_state is None
+        tags.input_tags.three_d_array = True
+        return tags

@@ -1,0 +1,311 @@
+"""Few-shot baselines of DAML's Table 1 under the same fit / adapt / score protocol.
+
+* :class:`FineTuneClassifier` - a network pre-trained (with augmentation) on the
+  common classes, its head replaced and every weight fine-tuned on the support set;
+* :class:`ConvFeatureExtractor` - a scikit-learn transformer: the pre-trained
+  network's features;
+* :class:`FeatureFewShotClassifier` - conv features + any scikit-learn classifier
+  (KNN, SVM) in a ``Pipeline`` fitted on each support set.
+
+MAML is ``DAMLClassifier(eta=0)``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.frozen import FrozenEstimator
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import Normalizer
+from sklearn.utils.validation import check_is_fitted
+
+from fewmed._meta import FewShotMixin
+from fewmed._validation import check_image_shape, check_images, check_random_state_torch
+from fewmed.nn import Augment
+
+__all__ = ["ConvFeatureExtractor", "FeatureFewShotClassifier", "FineTuneClassifier"]
+
+
+def _pretrain(est, X: np.ndarray, y: np.ndarray):
+    """Supervised pre-training on the common classes (plain CE, skorch underneath)."""
+    from fewmed.cdc import CDCClassifier
+
+    net = CDCClassifier(
+        est.module,
+        n_filters=est.n_filters,
+        decoder=False,
+        twin=False,
+        alpha=0.0,
+        beta=0.0,
+        augment=est.augment,
+        max_epochs=est.max_epochs,
+        lr=est.lr,
+        batch_size=est.batch_size,
+        random_state=est.random_state,
+        device=est.device,
+        verbose=est.verbose,
+    )
+    net.fit(X, y)
+    backbone = net.module_.cpu().eval()
+    return backbone, net.history
+
+
+class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
+    """Features of a network pre-trained on labelled images (a scikit-learn transformer).
+
+    ``fit`` trains the backbone as a plain classifier (cross-entropy, optional
+    augmentation); ``transform`` returns the flattened (Conv4) or pooled (ResNet)
+    feature map of each image.
+
+    Parameters
+    ----------
+    module : str or nn.Module class, default="conv4"
+    n_filters : int, default=64
+    max_epochs : int, default=10
+    lr : float, default=1e-3
+    batch_size : int, default=64
+    augment : bool, default=True
+    device : str, default="cpu"
+    random_state : int or None, default=None
+    verbose : int, default=0
+
+    Examples
+    --------
+    >>> from fewmed.datasets import make_synthetic_lesions
+    >>> d = make_synthetic_lesions(n_classes=3, n_per_class=20, size=16, random_state=0)
+    >>> fx = ConvFeatureExtractor(n_filters=8, max_epochs=1, random_state=0)
+    >>> fx.fit(d.images, d.target).transform(d.images[:2]).shape
+    (2, 8)
+    """
+
+    def __init__(
+        self,
+        module="conv4",
+        *,
+        n_filters=64,
+        max_epochs=10,
+        lr=1e-3,
+        batch_size=64,
+        augment=True,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+    ):
+        self.module = module
+        self.n_filters = n_filters
+        self.max_epochs = max_epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.augment = augment
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def fit(self, X, y):
+        """Pre-train the backbone on ``(X, y)``; returns ``self``."""
+        Xt = check_images(X)
+        self.input_shape_ = tuple(Xt.shape[1:])
+        self.n_features_in_ = int(np.prod(self.input_shape_))
+        self.backbone_, self.history_ = _pretrain(self, Xt, np.asarray(y))
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        """Feature vectors ``(n, feature_dim)`` of the images."""
+        check_is_fitted(self, "backbone_")
+        Xt = check_images(X)
+        check_image_shape(Xt, self.input_shape_)
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(Xt), 512):
+                x = torch.from_numpy(Xt[i : i + 512])
+                out.append(self.backbone_.embed(self.backbone_.forward_features(x)))
+        return torch.cat(out).numpy()
+
+
+class FeatureFewShotClassifier(FewShotMixin):
+    """Conv features + a scikit-learn classifier fitted on each support set.
+
+    ``fit`` pre-trains ``features`` on the common classes; ``adapt`` fits
+    ``Pipeline([FrozenEstimator(features_), classifier])`` on the support set (the
+    frozen features are not refitted), available as ``pipeline_``.
+
+    Parameters
+    ----------
+    features : transformer, default=None
+        ``None`` is ``ConvFeatureExtractor(random_state=random_state)``.
+    classifier : estimator, default=None
+        ``None`` is ``make_pipeline(Normalizer(), KNeighborsClassifier(1))``.
+    n_way, n_shot, n_query : int, default=2, 5, 15
+        Task shape used by ``score``.
+    n_score_tasks : int, default=100
+    random_state : int or None, default=None
+
+    Examples
+    --------
+    >>> from sklearn.svm import LinearSVC
+    >>> from fewmed.datasets import make_synthetic_lesions
+    >>> d = make_synthetic_lesions(n_classes=4, n_per_class=20, size=16, random_state=0)
+    >>> fx = ConvFeatureExtractor(n_filters=8, max_epochs=1, random_state=0)
+    >>> clf = FeatureFewShotClassifier(fx, LinearSVC()).fit(d.images[:40], d.target[:40])
+    >>> clf.adapt(d.images[40:50], d.target[40:50]).predict(d.images[50:52]).shape
+    (2,)
+    """
+
+    _adapted_attrs = ("classes_", "pipeline_")
+
+    def __init__(
+        self,
+        features=None,
+        classifier=None,
+        *,
+        n_way=2,
+        n_shot=5,
+        n_query=15,
+        n_score_tasks=100,
+        random_state=None,
+    ):
+        self.features = features
+        self.classifier = classifier
+        self.n_way = n_way
+        self.n_shot = n_shot
+        self.n_query = n_query
+        self.n_score_tasks = n_score_tasks
+        self.random_state = random_state
+
+    def fit(self, X, y=None):
+        """Pre-train the feature extractor on the common classes; returns ``self``."""
+        Xt, y = self._validate_fit_input(X, y)
+        features = self.features or ConvFeatureExtractor(random_state=self.random_state)
+        self.features_ = clone(features).fit(Xt, y)
+        return self
+
+    def _adapt(self, Xs: torch.Tensor, ys: torch.Tensor) -> None:
+        clf = self.classifier or make_pipeline(Normalizer(), KNeighborsClassifier(1))
+        self.pipeline_ = make_pipeline(FrozenEstimator(self.features_), clone(clf))
+        self.pipeline_.fit(Xs.numpy(), ys.numpy())
+
+    def _predict_logits(self, X: torch.Tensor) -> np.ndarray:
+        X = X.numpy()
+        n = len(self.classes_)
+        if hasattr(self.pipeline_, "predict_proba"):
+            try:
+                proba = self.pipeline_.predict_proba(X)
+                return np.log(np.clip(proba, 1e-6, 1.0))
+            except AttributeError:
+                pass
+        d = self.pipeline_.decision_function(X)
+        if n == 2:
+            d = np.asarray(d, dtype=float)
+            return np.stack([-d / 2, d / 2], axis=1)
+        return np.asarray(d, dtype=float)
+
+
+class FineTuneClassifier(FewShotMixin):
+    """Fine-tuning baseline: pre-train on common classes, fine-tune on the support set.
+
+    ``fit`` trains the backbone as a plain classifier with augmentation (the
+    paper's "Finetune + Aug"). ``adapt`` replaces the head by a new one for the
+    task's classes and fine-tunes every weight for ``n_adapt_steps`` Adam steps on
+    the augmented support set, with BatchNorm statistics frozen at their
+    pre-training values (a 10-image support set cannot estimate them).
+
+    Parameters
+    ----------
+    module : str or nn.Module class, default="conv4"
+    n_filters : int, default=64
+    max_epochs : int, default=10
+        Pre-training epochs.
+    lr : float, default=1e-3
+        Pre-training learning rate.
+    batch_size : int, default=64
+    augment : bool, default=True
+    adapt_lr : float, default=1e-3
+        Adam learning rate when fine-tuning on a support set.
+    n_adapt_steps : int, default=30
+    n_way, n_shot, n_query, n_score_tasks : int
+        Task shape used by ``score``.
+    device : str, default="cpu"
+    random_state : int or None, default=None
+    verbose : int, default=0
+
+    Examples
+    --------
+    >>> from fewmed.datasets import make_synthetic_lesions
+    >>> d = make_synthetic_lesions(n_classes=4, n_per_class=20, size=16, random_state=0)
+    >>> ft = FineTuneClassifier(n_filters=8, max_epochs=1, n_adapt_steps=2, random_state=0)
+    >>> ft = ft.fit(d.images[:40], d.target[:40]).adapt(d.images[40:50], d.target[40:50])
+    >>> ft.predict_proba(d.images[50:52]).shape
+    (2, 2)
+    """
+
+    _adapted_attrs = ("classes_", "adapted_module_")
+
+    def __init__(
+        self,
+        module="conv4",
+        *,
+        n_filters=64,
+        max_epochs=10,
+        lr=1e-3,
+        batch_size=64,
+        augment=True,
+        adapt_lr=1e-3,
+        n_adapt_steps=30,
+        n_way=2,
+        n_shot=5,
+        n_query=15,
+        n_score_tasks=100,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+    ):
+        self.module = module
+        self.n_filters = n_filters
+        self.max_epochs = max_epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.augment = augment
+        self.adapt_lr = adapt_lr
+        self.n_adapt_steps = n_adapt_steps
+        self.n_way = n_way
+        self.n_shot = n_shot
+        self.n_query = n_query
+        self.n_score_tasks = n_score_tasks
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def fit(self, X, y=None):
+        """Pre-train on the common classes; returns ``self``."""
+        Xt, y = self._validate_fit_input(X, y)
+        self.backbone_, self.history_ = _pretrain(self, Xt, y)
+        self._n_adapted = 0
+        return self
+
+    def _adapt(self, Xs: torch.Tensor, ys: torch.Tensor) -> None:
+        seed = (self.random_state or 0) * 1_000_003 + self._n_adapted
+        self._n_adapted += 1
+        gen = check_random_state_torch(seed)
+        model = copy.deepcopy(self.backbone_)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model.reset_head(len(self.classes_))
+        model.eval()  # BatchNorm keeps its pre-training statistics
+        opt = torch.optim.Adam(model.parameters(), lr=self.adapt_lr)
+        aug = Augment() if self.augment else None
+        for _ in range(self.n_adapt_steps):
+            x = aug(Xs, generator=gen) if aug is not None else Xs
+            loss = F.cross_entropy(model(x), ys)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        self.adapted_module_ = model
+
+    def _predict_logits(self, X: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return self.adapted_module_(X).numpy()

@@ -1,0 +1,123 @@
+"""Shared plumbing of the benchmarks: data resolution, output files, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "add_common_arguments",
+    "load_ham_or_synthetic",
+    "write_json",
+    "format_table",
+    "output_dir",
+    "environment",
+]
+
+HAM_HELP = (
+    "Real HAM10000 data was not found. Get it from "
+    "https://doi.org/10.7910/DVN/DBW86T (HAM10000_metadata.csv + the two image folders) "
+    "or the ISIC 2018 Task 3 training set, then pass --data PATH or set FEWMED_DATA."
+)
+
+
+def add_common_arguments(parser, *, default_out: str) -> None:
+    """Options every benchmark takes: --quick, --data, --out, --seed, --device, --verbose."""
+    parser.add_argument("--quick", action="store_true", help="the CPU profile (minutes)")
+    parser.add_argument("--data", default=None, help="dataset folder or file (see --help)")
+    parser.add_argument("--out", default=default_out, help="folder for the JSON and PNG")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="'cpu', 'cuda' or 'auto'")
+    parser.add_argument("--size", type=int, default=None, help="image side in pixels")
+    parser.add_argument("--synthetic", action="store_true", help="force synthetic lesions")
+    parser.add_argument("-v", "--verbose", type=int, default=1)
+
+
+def environment() -> dict[str, Any]:
+    """Machine facts recorded beside every benchmark's numbers."""
+    import torch
+
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def load_ham_or_synthetic(
+    data: str | None,
+    *,
+    size: int,
+    synthetic: bool = False,
+    random_state: int = 0,
+    n_per_class: Sequence[int] | None = None,
+    verbose: int = 1,
+):
+    """HAM10000 from ``--data`` / ``FEWMED_DATA`` / the cache, else synthetic lesions.
+
+    Returns ``(bunch, is_synthetic)``. The synthetic fallback says so loudly, and
+    says how to get the real data.
+    """
+    from fewmed.datasets import load_ham10000, make_synthetic_lesions, resolve_ham10000
+
+    path = None if synthetic else resolve_ham10000(data)
+    if path is not None:
+        bunch = load_ham10000(path, size=size, verbose=verbose)
+        return bunch, False
+    if not synthetic:
+        print(f"WARNING: {HAM_HELP}\nRunning on SYNTHETIC lesion images instead.", flush=True)
+    # HAM10000 class sizes / 10, in the sorted-name order of target_names
+    sizes = list(n_per_class) if n_per_class else [33, 51, 110, 12, 111, 670, 14]
+    bunch = make_synthetic_lesions(
+        n_classes=7, size=size, random_state=random_state, class_sizes=[max(s, 40) for s in sizes]
+    )
+    bunch["target_names"] = np.array(["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"])
+    return bunch, True
+
+
+def output_dir(out: str | os.PathLike) -> Path:
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str | os.PathLike, payload: dict) -> Path:
+    """Write ``payload`` (numpy values allowed) as indented JSON; returns the path."""
+    path = Path(path)
+    path.write_text(json.dumps(_jsonable(payload), indent=2) + "\n")
+    return path
+
+
+def format_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    """A GitHub-markdown table (printed, and pasteable into docs/benchmarks.md)."""
+    cells = [[str(h) for h in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(cells[0]), sep, *[line(r) for r in cells[1:]]])

@@ -1,0 +1,279 @@
+"""CDC on HAM10000 (Skin-7): the paper's Tables 1-3 (MF1, precision, recall; mean (std)).
+
+5-fold cross-validation stratified by class and grouped by lesion
+(``StratifiedGroupKFold``). Eight methods: CE, WCE, CD, CDC (Table 1) and FL, WFL,
+CD+FL, CDC+FL (Table 2), all with the same backbone and budget; Table 3 is the
+same metrics averaged over the smallest classes (akiec, vasc, df). Accuracy and
+macro AUC are reported too, and the CDC / plain epoch-time ratio is measured in
+the same run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from fewmed.benchmarks._common import (
+    add_common_arguments,
+    environment,
+    format_table,
+    load_ham_or_synthetic,
+    output_dir,
+    write_json,
+)
+
+RARE = ["akiec", "vasc", "df"]
+
+METHODS = {
+    "CE": dict(decoder=False, loss="ce"),
+    "WCE": dict(decoder=False, loss="ce", class_weight="balanced"),
+    "CD": dict(twin=False, loss="ce"),
+    "CDC": dict(loss="ce"),
+    "FL": dict(decoder=False, loss="focal"),
+    "WFL": dict(decoder=False, loss="focal", class_weight="balanced"),
+    "CD+FL": dict(twin=False, loss="focal"),
+    "CDC+FL": dict(loss="focal"),
+}
+
+PROFILES = {
+    # 2 CPU cores, < 15 minutes: Conv4-16 at 28 px, 5 epochs per fit, 40 fits
+    "quick": dict(
+        size=28, module="conv4", n_filters=16, epochs=5, batch_size=128, lr=2e-3, augment=False
+    ),
+    # for a GPU: ResNet-10 at 64 px, augmentation, 60 epochs
+    "full": dict(
+        size=64, module="resnet", n_filters=32, epochs=60, batch_size=64, lr=1e-3, augment=True
+    ),
+}
+
+
+def add_arguments(parser) -> None:
+    add_common_arguments(parser, default_out="fewmed_results/cdc")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--filters", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--alpha", type=float, default=10.0)
+    parser.add_argument("--beta", type=float, default=0.2)
+
+
+def _scores(y_true, proba, n_classes) -> dict:
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
+
+    pred = proba.argmax(axis=1)
+    labels = np.arange(n_classes)
+    p, r, f, _ = precision_recall_fscore_support(y_true, pred, labels=labels, zero_division=0)
+    try:
+        auc = roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=labels)
+    except ValueError:
+        auc = float("nan")
+    return {
+        "mf1": float(f.mean()),
+        "precision": float(p.mean()),
+        "recall": float(r.mean()),
+        "accuracy": float(accuracy_score(y_true, pred)),
+        "auc": float(auc),
+        "f1_per_class": f.tolist(),
+        "precision_per_class": p.tolist(),
+        "recall_per_class": r.tolist(),
+    }
+
+
+def _ms(values) -> str:
+    v = 100 * np.asarray(values, dtype=float)
+    return f"{v.mean():.2f} ({v.std():.2f})"
+
+
+def run(args) -> dict:
+    import torch
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from fewmed import CDCClassifier
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    prof = dict(PROFILES["quick" if args.quick else "full"])
+    size = args.size or prof["size"]
+    epochs = args.epochs or prof["epochs"]
+    filters = args.filters or prof["n_filters"]
+    batch_size = args.batch_size or prof["batch_size"]
+    lr = args.lr or prof["lr"]
+    bunch, synthetic = load_ham_or_synthetic(
+        args.data,
+        size=size,
+        synthetic=args.synthetic,
+        random_state=args.seed,
+        verbose=args.verbose,
+    )
+    X, y = bunch.images, np.asarray(bunch.target)
+    names = [str(n) for n in bunch.target_names]
+    groups = bunch.get("groups")
+    if groups is None:
+        groups = np.arange(len(y))
+    rare_idx = [names.index(n) for n in RARE if n in names]
+    print(
+        f"data: {'SYNTHETIC lesions' if synthetic else 'HAM10000'} at {size}px, {len(y)} images, "
+        f"counts {dict(zip(names, np.bincount(y).tolist()))}; {args.folds}-fold "
+        f"StratifiedGroupKFold on lesions; {prof['module']}-{filters}, {epochs} epochs, "
+        f"batch {batch_size}, lr {lr}, alpha {args.alpha}, beta {args.beta}",
+        flush=True,
+    )
+    cv = StratifiedGroupKFold(args.folds, shuffle=True, random_state=args.seed)
+    results = {m: [] for m in args.methods}
+    curves = {}
+    durations = {m: [] for m in args.methods}
+    t0 = time.time()
+    for fold, (tr, te) in enumerate(cv.split(X, y, groups)):
+        for m in args.methods:
+            clf = CDCClassifier(
+                module=prof["module"],
+                n_filters=filters,
+                max_epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                alpha=args.alpha,
+                beta=args.beta,
+                augment=prof["augment"],
+                random_state=args.seed + fold,
+                device=args.device,
+                **METHODS[m],
+            )
+            clf.fit(X[tr], y[tr])
+            score = _scores(y[te], clf.predict_proba(X[te]), len(names))
+            score["rare"] = {
+                k: float(np.mean([score[f"{k}_per_class"][i] for i in rare_idx]))
+                for k in ("f1", "precision", "recall")
+            }
+            results[m].append(score)
+            durations[m] += list(clf.history[:, "dur"])
+            if fold == 0:
+                keys = [
+                    k
+                    for k in ("train_loss", "train_loss_cls", "train_loss_rec", "train_loss_twin")
+                    if k in clf.history[-1]
+                ]
+                curves[m] = {k: list(clf.history[:, k]) for k in keys}
+            if args.verbose:
+                print(
+                    f"fold {fold} {m:7s} MF1 {100 * score['mf1']:.2f} acc "
+                    f"{score['accuracy']:.3f} AUC {score['auc']:.3f} rare-F1 "
+                    f"{100 * score['rare']['f1']:.2f} epoch {np.mean(clf.history[:, 'dur']):.2f}s "
+                    f"[{time.time() - t0:.0f}s]",
+                    flush=True,
+                )
+
+    def agg(m, key, sub=None):
+        vals = [r[sub][key] if sub else r[key] for r in results[m]]
+        return _ms(vals)
+
+    tables = {}
+    for title, group in (
+        ("Table 1 (cross-entropy based)", ["CE", "WCE", "CD", "CDC"]),
+        ("Table 2 (focal-loss based)", ["FL", "WFL", "CD+FL", "CDC+FL"]),
+    ):
+        rows = [
+            [m, agg(m, "mf1"), agg(m, "precision"), agg(m, "recall")] for m in group if m in results
+        ]
+        tables[title] = format_table(rows, ["method", "MF1", "Precision", "Recall"])
+    rows = [
+        [m, agg(m, "f1", "rare"), agg(m, "precision", "rare"), agg(m, "recall", "rare")]
+        for m in results
+    ]
+    tables["Table 3 (smallest classes: " + ", ".join(RARE) + ")"] = format_table(
+        rows, ["method", "MF1", "Precision", "Recall"]
+    )
+    rows = [
+        [m, agg(m, "accuracy"), f"{np.mean([r['auc'] for r in results[m]]):.3f}", agg(m, "mf1")]
+        for m in results
+    ]
+    tables["Accuracy and macro AUC"] = format_table(rows, ["method", "Accuracy", "AUC", "MF1"])
+    ratio = None
+    if "CDC" in durations and "CE" in durations and durations["CE"]:
+        ratio = float(np.mean(durations["CDC"]) / np.mean(durations["CE"]))
+    for title, table in tables.items():
+        print(f"\n{title}, 100 x mean (std) over {args.folds} folds\n{table}")
+    if ratio is not None:
+        print(
+            f"\nepoch time: CE {np.mean(durations['CE']):.2f}s, CDC "
+            f"{np.mean(durations['CDC']):.2f}s, ratio {ratio:.2f}x (target <= 2.5x)"
+        )
+    if "CDC" in results and "CE" in results:
+        gain = {
+            b: 100
+            * (
+                np.mean([r["mf1"] for r in results["CDC"]])
+                - np.mean([r["mf1"] for r in results[b]])
+            )
+            for b in ("CE", "WCE")
+            if b in results
+        }
+        print("CDC MF1 gain over " + ", ".join(f"{b}: {g:+.2f}" for b, g in gain.items()))
+    total = time.time() - t0
+    print(f"total {total / 60:.1f} min", flush=True)
+
+    out = output_dir(args.out)
+    payload = {
+        "benchmark": "cdc",
+        "profile": "quick" if args.quick else "full",
+        "synthetic_data": synthetic,
+        "size": size,
+        "module": prof["module"],
+        "n_filters": filters,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "alpha": args.alpha,
+        "beta": args.beta,
+        "folds": args.folds,
+        "classes": names,
+        "results": results,
+        "epoch_seconds": {m: float(np.mean(d)) for m, d in durations.items()},
+        "epoch_time_ratio_cdc_over_ce": ratio,
+        "curves_fold0": curves,
+        "tables": tables,
+        "seconds": total,
+        "environment": environment(),
+    }
+    write_json(out / "cdc.json", payload)
+    _plot(out / "cdc.png", results, curves, names)
+    print(f"wrote {out / 'cdc.json'} and {out / 'cdc.png'}")
+    return payload
+
+
+def _plot(path, results, curves, names) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # plotting is an extra
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 4.5))
+    methods = list(results)
+    width = 0.8 / max(1, len(methods))
+    x = np.arange(len(names))
+    for i, m in enumerate(methods):
+        f1 = np.array([r["f1_per_class"] for r in results[m]])
+        ax1.bar(x + i * width, f1.mean(0), width, yerr=f1.std(0), label=m, capsize=1)
+    ax1.set_xticks(x + 0.4 - width / 2, names)
+    ax1.set_ylabel("F1 (mean over folds)")
+    ax1.set_title("per-class F1")
+    ax1.legend(fontsize=7, ncol=2)
+    for m, c in curves.items():
+        ax2.plot(np.arange(1, len(c["train_loss"]) + 1), c["train_loss"], label=f"{m} L")
+        if "train_loss_rec" in c and m in ("CDC", "CDC+FL"):
+            ax2.plot(
+                np.arange(1, len(c["train_loss_cls"]) + 1),
+                c["train_loss_cls"],
+                "--",
+                label=f"{m} Lc",
+            )
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("training loss (fold 0)")
+    ax2.set_title("training curves")
+    ax2.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

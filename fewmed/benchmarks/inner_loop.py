@@ -1,0 +1,117 @@
+"""Speed of one second-order meta-iteration: fewmed's inner-loop backends vs a higher loop.
+
+The paper configuration: 4 tasks, 2-way 5-shot + 15 query, 5 inner steps,
+Conv4-64, 28 px. The baseline is the straightforward per-task ``higher`` loop
+(``innerloop_ctx`` + differentiable SGD) on a Conv4 in the usual
+conv-BN-ReLU-pool order; every candidate is timed in the same run on the same
+tasks and must give the same meta-gradient (the maximum difference is printed).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+
+from fewmed.benchmarks._common import environment, format_table, output_dir, write_json
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--filters", type=int, default=64)
+    parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--inner-steps", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default="fewmed_results/inner_loop")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _classic_order(model):
+    """The same weights in the usual conv -> BN -> ReLU -> pool order."""
+    base = copy.deepcopy(model)
+    f = list(base.features)
+    base.features = torch.nn.Sequential(
+        *[m for i in range(0, len(f), 4) for m in (f[i], f[i + 1], f[i + 3], f[i + 2])]
+    )
+    return base
+
+
+def run(args) -> dict:
+    from fewmed._inner_loop import meta_batch_losses
+    from fewmed._validation import resolve_device
+    from fewmed.nn import Conv4
+
+    device = resolve_device(args.device)
+    repeats = args.repeats or (5 if args.quick else 15)
+    g = torch.Generator().manual_seed(args.seed)
+    T, k, q, s = 4, 5, 15, args.size  # noqa: N806
+    XS = torch.rand(T, 2 * k, 3, s, s, generator=g).to(device)  # noqa: N806
+    XQ = torch.rand(T, 2 * q, 3, s, s, generator=g).to(device)  # noqa: N806
+    YS = torch.arange(2).repeat_interleave(k).repeat(T, 1).to(device)  # noqa: N806
+    YQ = torch.arange(2).repeat_interleave(q).repeat(T, 1).to(device)  # noqa: N806
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        model = Conv4(3, 2, args.filters, s, norm="reference").to(device)
+    candidates = [
+        ("higher loop (baseline)", _classic_order(model), "higher"),
+        ("fewmed autograd loop", model, "autograd"),
+        ("fewmed torch.func + vmap", model, "func"),
+        ("fewmed higher", model, "higher"),
+    ]
+
+    def once(net, backend):
+        net.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        losses, _ = meta_batch_losses(net, XS, YS, XQ, YQ, lr=0.01, steps=args.inner_steps,
+                                      backend=backend)
+        losses.mean().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t, torch.cat([p.grad.flatten() for p in net.parameters()])
+
+    times: dict[str, list[float]] = {name: [] for name, _, _ in candidates}
+    grads = {}
+    for name, net, backend in candidates:  # warm-up
+        _, grads[name] = once(net, backend)
+    for _ in range(repeats):  # interleaved, so drifts in machine load hit all alike
+        for name, net, backend in candidates:
+            times[name].append(once(net, backend)[0])
+    ref = grads["higher loop (baseline)"]
+    base = float(np.median(times["higher loop (baseline)"]))
+    results = {}
+    for name, _, _ in candidates:
+        med = float(np.median(times[name]))
+        results[name] = {
+            "median_s": med, "min_s": float(np.min(times[name])), "speedup": base / med,
+            "max_grad_diff": float((grads[name] - ref).abs().max()),
+        }
+    rows = [[n, f"{r['median_s'] * 1000:.0f} ms", f"{r['speedup']:.2f}x",
+             f"{r['max_grad_diff']:.1e}"] for n, r in results.items()]
+    print(f"one meta-iteration: {T} tasks, 2-way {k}-shot + {q} query, {args.inner_steps} "
+          f"inner steps, Conv4-{args.filters}, {s} px, second order, {device}; "
+          f"median of {repeats}")
+    print(format_table(rows, ["implementation", "time", "speed vs baseline",
+                              "max |grad - baseline grad|"]))
+    out = output_dir(args.out)
+    payload = {"benchmark": "inner-loop", "repeats": repeats, "results": results,
+               "times": times, "environment": environment()}
+    write_json(out / "inner_loop.json", payload)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.boxplot([np.asarray(times[n]) * 1000 for n in results], vert=False)
+    ax.set_yticks(range(1, len(results) + 1), list(results))
+    ax.set_xlabel("ms per meta-iteration")
+    fig.tight_layout()
+    fig.savefig(out / "inner_loop.png", dpi=110)
+    plt.close(fig)
+    print(f"wrote {out / 'inner_loop.json'} and {out / 'inner_loop.png'}")
+    return payload

@@ -1,0 +1,461 @@
+"""RSKD on long-tailed HAM10000 and on ChestX-ray14 labels: Tables 3-4 (head/medium/tail mAP).
+
+Multi-class: HAM10000 as a long-tailed 7-class problem -- head nv; medium mel,
+bkl, bcc; tail akiec, vasc, df (shot thresholds ``many=0.2``, ``few=0.04`` as
+fractions of the training fold) -- with 4-fold cross-validation stratified by
+class and grouped by lesion (``StratifiedGroupKFold``). Methods: ERM, RS
+(class-balanced re-sampling), RW (class-weighted CE), focal loss, plain KD at
+T = 3, 10, 20 from the shot-based teachers (Table 4), RSKD shot-based and RSKD
+feature-based (melanocytic-looking pigmented lesions {mel, nv, bkl} apart from
+{bcc, akiec, vasc, df}). mAP per head / medium / tail group and in total.
+
+Multi-label: the real NIH ChestX-ray14 label table (14 findings, 112,120 rows)
+gives the shot-based subsets and a real long-tailed label co-occurrence; the
+IMAGES ARE SYNTHETIC (one fixed pattern per finding, summed with noise), so the
+multi-label numbers test the code path, not chest X-ray diagnosis.
+
+The teachers' wall time with ``n_jobs=2`` vs ``n_jobs=1`` is measured on the
+first fold's shot-based subsets and on a balanced workload (4 equal subsets).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fewmed.benchmarks._common import (
+    add_common_arguments,
+    environment,
+    format_table,
+    load_ham_or_synthetic,
+    output_dir,
+    write_json,
+)
+
+HEAD, MEDIUM, TAIL = ["nv"], ["bcc", "bkl", "mel"], ["akiec", "df", "vasc"]
+FEATURE_SUBSETS = {"pigmented": ["mel", "nv", "bkl"], "other": ["bcc", "akiec", "vasc", "df"]}
+MANY, FEW = 0.2, 0.04
+CHEST_MANY, CHEST_FEW = 10000, 2000  # on the full label table: 3 head, 8 medium, 3 tail
+
+METHODS = {
+    "ERM": dict(kd=None),
+    "RS": dict(kd=None, sampler="balanced"),
+    "RW": dict(kd=None, class_weight="balanced"),
+    "Focal": dict(kd=None, loss="focal"),
+    "KD (T=3)": dict(kd="plain", temperature=3.0),
+    "KD (T=10)": dict(kd="plain", temperature=10.0),
+    "KD (T=20)": dict(kd="plain", temperature=20.0),
+    "RSKD shot": dict(kd="relational", temperature=10.0),
+    "RSKD feature": dict(kd="relational", temperature=10.0, subsets=FEATURE_SUBSETS),
+}
+
+PROFILES = {
+    # 2 CPU cores, < 15 minutes: Conv4-16 at 28 px, 6 epochs, 4 folds x 9 methods
+    "quick": dict(size=28, module="conv4", n_filters=16, epochs=6, batch_size=64, lr=2e-3),
+    # for a GPU: ResNet at 64 px, 40 epochs, augmentation
+    "full": dict(size=64, module="resnet", n_filters=32, epochs=40, batch_size=64, lr=1e-3),
+}
+
+
+def add_arguments(parser) -> None:
+    add_common_arguments(parser, default_out="fewmed_results/rskd")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--filters", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--delta", type=float, default=0.6)
+    parser.add_argument("--n-jobs", type=int, default=2, help="teachers trained at once")
+    parser.add_argument("--no-multilabel", action="store_true", help="skip ChestX-ray14")
+    parser.add_argument("--no-speedup", action="store_true", help="skip the n_jobs timing")
+
+
+def _settings(args) -> dict:
+    prof = dict(PROFILES["quick" if args.quick else "full"])
+    for key, arg in [
+        ("epochs", "epochs"),
+        ("n_filters", "filters"),
+        ("batch_size", "batch_size"),
+        ("lr", "lr"),
+        ("size", "size"),
+    ]:
+        if getattr(args, arg, None) is not None:
+            prof[key] = getattr(args, arg)
+    return prof
+
+
+def _estimator(prof: dict, seed: int, args, memory, **params):
+    from fewmed import RelationalSubsetsDistiller
+
+    base = dict(
+        module=prof["module"],
+        n_filters=prof["n_filters"],
+        max_epochs=prof["epochs"],
+        batch_size=prof["batch_size"],
+        lr=prof["lr"],
+        many=MANY,
+        few=FEW,
+        delta=args.delta,
+        n_jobs=args.n_jobs,
+        memory=memory,
+        random_state=seed,
+        device=args.device,
+        augment=not args.quick,
+    )
+    base.update(params)
+    return RelationalSubsetsDistiller(**base)
+
+
+def _group_map(y_true, proba, groups: dict) -> dict:
+    from fewmed.metrics import _per_class_ap
+
+    ap = _per_class_ap(y_true, proba)
+    out = {g: float(np.nanmean(ap[idx])) for g, idx in groups.items()}
+    out["total"] = float(np.nanmean(ap))
+    out["ap_per_class"] = ap.tolist()
+    return out
+
+
+def _ham(args, prof, memory) -> dict:
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from fewmed.metrics import frequency_groups
+
+    bunch, synthetic = load_ham_or_synthetic(
+        args.data,
+        size=prof["size"],
+        synthetic=args.synthetic,
+        random_state=args.seed,
+        verbose=args.verbose,
+    )
+    X, y, groups = bunch["images"], bunch["target"], bunch.get("groups")
+    names = np.asarray(bunch["target_names"])
+    if groups is None:
+        groups = np.arange(len(y))
+    expected = {
+        g: sorted(np.flatnonzero(np.isin(names, c)).tolist())
+        for g, c in (("head", HEAD), ("medium", MEDIUM), ("tail", TAIL))
+    }
+    cv = StratifiedGroupKFold(args.folds, shuffle=True, random_state=args.seed)
+    results = {m: [] for m in args.methods}
+    fits = {m: [] for m in args.methods}
+    weights = {}
+    first_split = None
+    for fold, (train, test) in enumerate(cv.split(X, y, groups)):
+        first_split = first_split or (train, test)
+        counts = np.bincount(y[train], minlength=len(names))
+        got = {
+            k: sorted(v.tolist()) for k, v in frequency_groups(counts, many=MANY, few=FEW).items()
+        }
+        if got != expected and not synthetic:
+            raise RuntimeError(f"fold {fold}: shot groups {got} differ from {expected}")
+        for method in args.methods:
+            params = dict(METHODS[method])
+            if "subsets" in params:
+                params["subsets"] = {
+                    k: [int(np.flatnonzero(names == c)[0]) for c in v]
+                    for k, v in params["subsets"].items()
+                }
+            t0 = time.perf_counter()
+            est = _estimator(prof, args.seed + fold, args, memory, **params)
+            est.fit(X[train], y[train])
+            dur = time.perf_counter() - t0
+            scores = _group_map(y[test], est.predict_proba(X[test]), got)
+            scores["fit_seconds"] = dur
+            results[method].append(scores)
+            if est.kd == "relational":
+                weights.setdefault(method, []).append(est.kd_weights_history_.tolist())
+            fits[method].append(dur)
+            if args.verbose:
+                print(
+                    f"fold {fold} {method:13s} head {scores['head']:.3f} medium "
+                    f"{scores['medium']:.3f} tail {scores['tail']:.3f} total "
+                    f"{scores['total']:.3f} ({dur:.0f} s)",
+                    flush=True,
+                )
+    summary = {}
+    for method, rows in results.items():
+        summary[method] = {
+            k: {
+                "mean": float(np.mean([r[k] for r in rows])),
+                "std": float(np.std([r[k] for r in rows])),
+            }
+            for k in ("head", "medium", "tail", "total")
+        }
+        summary[method]["fit_seconds"] = float(np.sum(fits[method]))
+    return {
+        "synthetic": synthetic,
+        "class_names": names.tolist(),
+        "groups": expected,
+        "counts": np.bincount(y, minlength=len(names)).tolist(),
+        "folds": results,
+        "summary": summary,
+        "kd_weights_history": weights,
+        "first_split": first_split,
+        "X": X,
+        "y": y,
+    }
+
+
+def _speedup(args, prof, X, y, seed) -> dict:
+    """Teachers' wall time, n_jobs=1 vs 2: HAM shot subsets and 4 equal synthetic subsets."""
+    from fewmed import RelationalSubsetsDistiller
+
+    out = {}
+    rng = np.random.default_rng(seed)
+    Xb = rng.integers(0, 256, size=(4000, prof["size"], prof["size"], 3), dtype=np.uint8)
+    yb = np.repeat(np.arange(8), 500)
+    cases = {
+        "ham_shot_subsets": (X, y, "shot"),
+        "balanced_4_subsets": (Xb, yb, [[0, 1], [2, 3], [4, 5], [6, 7]]),
+    }
+    for name, (Xs, ys, subsets) in cases.items():
+        times = {}
+        for n_jobs in (1, 2):
+            est = _estimator(prof, seed, args, None, subsets=subsets, n_jobs=n_jobs)
+            est.set_params(max_epochs=2)
+            est.initialize()
+            est.check_data(Xs, ys)
+            Xc, targets = est.fit_cache_[1], est.fit_cache_[2]
+            est.subsets_ = _subsets_of(est)
+            t0 = time.perf_counter()
+            est._fit_teachers(Xc, targets, seed)
+            times[n_jobs] = time.perf_counter() - t0
+        sizes = [len(j[2]) for j in est._teacher_jobs(Xc, targets, seed)]
+        out[name] = {
+            "seconds_n_jobs_1": times[1],
+            "seconds_n_jobs_2": times[2],
+            "speedup": times[1] / times[2],
+            "teacher_sizes": sizes,
+            "ideal_speedup": sum(sizes) / max(max(sizes), sum(sizes) / 2),
+        }
+        if args.verbose:
+            print(
+                f"teachers {name}: n_jobs=1 {times[1]:.1f} s, n_jobs=2 {times[2]:.1f} s, "
+                f"speed-up {out[name]['speedup']:.2f}x (sizes {sizes})",
+                flush=True,
+            )
+    del RelationalSubsetsDistiller
+    return out
+
+
+def _subsets_of(est):
+    from fewmed._distill import build_subsets
+
+    return build_subsets(
+        est.subsets, est.classes_, est.data_info_["class_counts"], many=est.many, few=est.few
+    )
+
+
+def synthetic_chest_images(Y: np.ndarray, size: int = 28, random_state: int = 0) -> np.ndarray:
+    """SYNTHETIC grey images whose content depends on the labels (one pattern per finding).
+
+    Each finding has a fixed smooth random pattern; an image is the sum of its
+    findings' patterns (random strength 0.5-1) plus noise. Not chest X-rays.
+    """
+    rng = np.random.default_rng(random_state)
+    k = Y.shape[1]
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    patterns = []
+    for _ in range(k):
+        cy, cx = rng.uniform(0.2, 0.8, 2)
+        r = rng.uniform(0.08, 0.2)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))
+        fy, fx = rng.uniform(2, 8, 2)
+        patterns.append(blob * (0.6 + 0.4 * np.sin(2 * np.pi * (fy * yy + fx * xx))))
+    patterns = np.stack(patterns)
+    strength = rng.uniform(0.5, 1.0, size=Y.shape) * Y
+    img = np.einsum("nk,khw->nhw", strength, patterns) * 0.6
+    img += rng.normal(0.3, 0.15, size=img.shape)
+    return np.clip(img, 0, 1).astype(np.float32)[:, None]
+
+
+def _chest(args, prof, path: Path, memory) -> dict:
+    from sklearn.model_selection import GroupShuffleSplit
+
+    from fewmed._distill import build_subsets
+    from fewmed.datasets import load_multilabel_csv
+
+    bunch = load_multilabel_csv(path, load_images=False)
+    Y_all, names = np.asarray(bunch["target"]), np.asarray(bunch["target_names"])
+    counts_all = Y_all.sum(axis=0)
+    subsets = build_subsets(
+        "shot", np.arange(len(names)), counts_all, many=CHEST_MANY, few=CHEST_FEW
+    )
+    rng = np.random.default_rng(args.seed)
+    n = 4000 if args.quick else 20000
+    rows = np.sort(rng.choice(len(Y_all), size=n, replace=False))
+    Y, groups = Y_all[rows], np.asarray(bunch["groups"])[rows]
+    X = synthetic_chest_images(Y, size=prof["size"], random_state=args.seed)
+    train, test = next(
+        GroupShuffleSplit(1, test_size=0.25, random_state=args.seed).split(X, Y, groups)
+    )
+    named = {k: [names[i] for i in v] for k, v in subsets.items()}
+    methods = {
+        "ERM": dict(kd=None),
+        "RW": dict(kd=None, class_weight="balanced"),
+        "Focal": dict(kd=None, loss="focal"),
+        "RSKD shot": dict(kd="relational", subsets=named, label_names=list(names)),
+    }
+    out = {}
+    for method, params in methods.items():
+        t0 = time.perf_counter()
+        est = _estimator(prof, args.seed, args, memory, **params).fit(X[train], Y[train])
+        scores = _group_map(Y[test], est.predict_proba(X[test]), subsets_as_groups(subsets))
+        scores["fit_seconds"] = time.perf_counter() - t0
+        out[method] = scores
+        if args.verbose:
+            print(
+                f"chest (synthetic images) {method:10s} head {scores['head']:.3f} medium "
+                f"{scores['medium']:.3f} tail {scores['tail']:.3f} total {scores['total']:.3f}",
+                flush=True,
+            )
+    return {
+        "images": "SYNTHETIC (label-dependent patterns); labels: real NIH ChestX-ray14 rows",
+        "n_rows_table": len(Y_all),
+        "n_used": n,
+        "finding_counts": counts_all.tolist(),
+        "finding_names": names.tolist(),
+        "subsets": named,
+        "results": out,
+    }
+
+
+def subsets_as_groups(subsets: dict) -> dict:
+    return {
+        "head": subsets.get("head", []),
+        "medium": subsets.get("medium", []),
+        "tail": subsets.get("tail", []),
+    }
+
+
+def _plot(summary: dict, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return None
+    methods = list(summary)
+    cols = ["head", "medium", "tail", "total"]
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    width = 0.8 / len(methods)
+    for i, m in enumerate(methods):
+        means = [100 * summary[m][c]["mean"] for c in cols]
+        stds = [100 * summary[m][c]["std"] for c in cols]
+        ax.bar(np.arange(4) + i * width, means, width, yerr=stds, label=m, capsize=2)
+    ax.set_xticks(np.arange(4) + 0.4 - width / 2)
+    ax.set_xticklabels(cols)
+    ax.set_ylabel("mAP (%)")
+    ax.set_title("HAM10000 long-tailed, 4-fold lesion-grouped CV")
+    ax.legend(ncol=3, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run(args) -> dict:
+    """Run the benchmark; print the tables, write ``rskd.json`` and ``rskd.png``."""
+    prof = _settings(args)
+    out = output_dir(args.out)
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fewmed_rskd_") as cache:
+        ham = _ham(args, prof, cache)
+        X, y, first = ham.pop("X"), ham.pop("y"), ham.pop("first_split")
+        speed = None
+        if not args.no_speedup:
+            speed = _speedup(args, prof, X[first[0]], y[first[0]], args.seed)
+        chest = None
+        chest_path = _chest_labels(args)
+        if not args.no_multilabel and chest_path is not None:
+            chest = _chest(args, prof, chest_path, cache)
+    rows = [
+        [m]
+        + [
+            f"{100 * s[c]['mean']:.2f} ± {100 * s[c]['std']:.2f}"
+            for c in ("head", "medium", "tail", "total")
+        ]
+        + [f"{s['fit_seconds']:.0f}"]
+        for m, s in ham["summary"].items()
+    ]
+    header = ["method", "head", "medium", "tail", "total", "fit s (4 folds)"]
+    print(
+        "\nHAM10000"
+        + (" (SYNTHETIC)" if ham["synthetic"] else "")
+        + f", mAP (%) mean ± std over {args.folds} lesion-grouped folds"
+    )
+    print(format_table(rows, header))
+    if speed:
+        print("\nTeachers, n_jobs=2 vs n_jobs=1")
+        print(
+            format_table(
+                [
+                    [
+                        k,
+                        f"{v['seconds_n_jobs_1']:.1f}",
+                        f"{v['seconds_n_jobs_2']:.1f}",
+                        f"{v['speedup']:.2f}x",
+                        f"{v['ideal_speedup']:.2f}x",
+                    ]
+                    for k, v in speed.items()
+                ],
+                ["workload", "n_jobs=1 s", "n_jobs=2 s", "speed-up", "ideal (critical path)"],
+            )
+        )
+    if chest:
+        print(
+            "\nChestX-ray14 labels (real) with SYNTHETIC images, mAP (%) on a patient-grouped 25%"
+        )
+        print(
+            format_table(
+                [
+                    [m] + [f"{100 * s[c]:.2f}" for c in ("head", "medium", "tail", "total")]
+                    for m, s in chest["results"].items()
+                ],
+                ["method", "head", "medium", "tail", "total"],
+            )
+        )
+    payload = {
+        "benchmark": "rskd",
+        "profile": "quick" if args.quick else "full",
+        "settings": prof,
+        "seed": args.seed,
+        "shot_thresholds": {"many": MANY, "few": FEW},
+        "feature_subsets": FEATURE_SUBSETS,
+        "ham10000": ham,
+        "teacher_speedup": speed,
+        "chestxray14": chest,
+        "wall_seconds": time.perf_counter() - t_start,
+        "environment": environment(),
+    }
+    write_json(out / "rskd.json", payload)
+    _plot(ham["summary"], out / "rskd.png")
+    print(
+        f"\nwrote {out / 'rskd.json'} and {out / 'rskd.png'} "
+        f"({payload['wall_seconds'] / 60:.1f} min)"
+    )
+    return payload
+
+
+def _chest_labels(args) -> Path | None:
+    import os
+
+    candidates = [
+        os.environ.get("FEWMED_CHESTXRAY14_LABELS"),
+        Path(os.environ.get("FEWMED_SHARED_DATA", "../shared/data"))
+        / "nih_chestxray14_labels.csv.gz",
+    ]
+    for c in candidates:
+        if c and Path(c).exists():
+            return Path(c)
+    print(
+        "NOTE: nih_chestxray14_labels.csv.gz not found (set FEWMED_CHESTXRAY14_LABELS); "
+        "skipping the multi-label part."
+    )
+    return None

@@ -1,0 +1,727 @@
+"""RelationalSubsetsDistiller: relational-subsets knowledge distillation (RSKD).
+
+Ju et al., *Relational Subsets Knowledge Distillation for Long-tailed Retinal
+Diseases Recognition* (MICCAI 2021). The classes are split into subsets (by
+frequency -- "shot-based" -- or by a prior such as region or phenotype); one
+teacher is trained per subset on that subset's samples, in parallel; a student is
+then trained on all the data with
+
+    L = L_CE (multi-class) or L_BCE (multi-label) + sum_i w_i KD_i,
+
+where ``KD_i`` distils class ``i`` from the teacher of its subset at temperature
+``T`` and ``w_i`` (Eq. 3) is recomputed after every epoch from the gap between the
+teacher's and the student's performance on class ``i`` on a validation split.
+The same estimator gives the ablations and baselines of the paper's Tables 3-4:
+``kd="plain"`` (all ``w_i = 1``), ``kd=None`` (ERM), and with ``kd=None``:
+``class_weight="balanced"`` (re-weighting), ``loss="focal"`` and
+``sampler="balanced"`` (class-balanced re-sampling).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from joblib import Memory, Parallel, delayed
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import type_of_target
+from skorch.callbacks import Callback
+from skorch.utils import to_tensor
+
+from ._distill import (
+    binary_log_probs,
+    build_subsets,
+    per_class_scores,
+    relational_kd_loss,
+    relational_weights,
+)
+from ._skorch import ArrayDataset, ImageNetClassifier, _collate_batch, sigmoid, softmax
+from .losses import class_weights, make_classification_loss
+from .nn import build_backbone
+
+__all__ = ["RelationalSubsetsDistiller"]
+
+_KD_OPTIONS = (None, "plain", "relational")
+
+
+def _fit_teacher(params: dict, X: np.ndarray, y: np.ndarray, n_threads: int = 1):
+    """Fit one teacher (a ``kd=None`` distiller) with ``n_threads`` torch threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        return RelationalSubsetsDistiller(**params).fit(X, y)
+    finally:
+        torch.set_num_threads(previous)
+
+
+class _EpochWeights(Callback):
+    """Records the epoch's KD weights and recomputes them (Eq. 3) after the epoch."""
+
+    def on_epoch_end(self, net, **kwargs):
+        net._end_of_epoch()
+
+
+class RelationalSubsetsDistiller(ImageNetClassifier):
+    """Relational-subsets knowledge distillation for long-tailed classification (RSKD).
+
+    A skorch :class:`~skorch.NeuralNetClassifier` for images (multi-class ``y`` or a
+    multi-label ``{0, 1}`` indicator ``Y``) customised through its hooks: the
+    teachers are trained in ``get_split_datasets`` (before the student's first
+    epoch), ``get_loss`` adds the distillation terms, and a callback updates the
+    weights at ``on_epoch_end``.
+
+    **Subsets and teachers.** ``subsets="shot"`` groups the classes into
+    ``"many"`` / ``"medium"`` / ``"few"`` by training frequency
+    (:func:`fewmed.metrics.frequency_groups` with ``many`` and ``few``); a list or
+    dict of groups (labels, or names from ``label_names``) gives region- or
+    feature-based subsets. Each teacher is trained on its subset's samples (images
+    whose label is in the subset; multi-label: with a positive in the subset) plus
+    an *"other"* share: out-of-subset images, drawn at random (seeded) up to the
+    size of the subset's largest class. Multi-class teachers predict the subset's
+    classes + one "other" class, multi-label teachers the subset's labels (the
+    other images are all-negative rows). Without the "other" images a teacher
+    would never have seen the images it is asked about for most of the data (and
+    a one-class subset, such as HAM10000's head ``nv``, could not be trained).
+    Teachers run in parallel (``n_jobs`` joblib *loky* processes, one torch
+    thread each, so results do not depend on ``n_jobs``).
+
+    **Distillation.** ``KD_i = T**2 * mean KL(q_i || q^_i)`` over the binary
+    distribution (class ``i`` / not ``i``) of the teacher (``q``) and the student
+    (``q^``) at temperature ``T`` (the paper's Eq. 1 sums over the two states
+    ``{0, 1}`` of a class; for a softmax model ``q_i`` is the softmax probability
+    of class ``i``); see :func:`fewmed._distill.relational_kd_loss`.
+
+    **Weights (Eq. 3).** ``w_i = 1`` while ``delta * Acc_T,i >= Acc_S,i``, else
+    ``(Acc_T,i - Acc_S,i) / (Acc_T,i (1 - delta))`` clipped to ``[0, 1]``;
+    ``Acc`` is the per-class ``weight_metric`` on a stratified validation split of
+    ``validation_fraction`` of the data, held out from teachers and student alike
+    whenever ``kd`` is not None. Weights start at 1 and are updated after every
+    epoch; classes in no subset get 0.
+
+    Parameters
+    ----------
+    module : {"conv4", "resnet", "resnet18"}, nn.Module class or instance, default="conv4"
+        Backbone of the student (and of the teachers unless ``teacher`` says
+        otherwise). Further arguments: ``module__<name>``.
+    n_filters : int or None, default=None
+        Width of the default backbones (``None``: the backbone's default).
+    subsets : "shot", list of lists or dict of lists, default="shot"
+        How to split the classes (see above).
+    many, few : float, default=100, 20
+        Shot thresholds for ``subsets="shot"``: more than ``many`` training samples
+        is "many", fewer than ``few`` is "few"; below 1 they are fractions of the
+        total count.
+    label_names : sequence of str or None, default=None
+        A name per class (in ``classes_`` order; the columns of a multi-label ``Y``)
+        that ``subsets`` may use.
+    kd : {"relational", "plain"} or None, default="relational"
+        ``"relational"``: weights by Eq. 3; ``"plain"``: every ``w_i = 1``;
+        ``None``: no teachers, the student alone (ERM and the loss/sampler
+        baselines).
+    temperature : float, default=10.0
+        ``T`` (3, 10 and 20 in the paper's ablation).
+    delta : float, default=0.6
+        ``delta`` of Eq. 3.
+    weight_metric : {"ap", "accuracy"}, default="ap"
+        Per-class performance used in Eq. 3 (the paper's metric is mAP).
+    validation_fraction : float, default=0.1
+        Share of the data held out (stratified) for Eq. 3 when ``kd`` is set.
+    teacher : dict or None, default=None
+        Parameters of the teachers that differ from the student's (e.g.
+        ``{"max_epochs": 10, "n_filters": 32}``); teachers always use ``kd=None``,
+        plain CE / BCE, no class weights and no sampler unless given here.
+    n_jobs : int or None, default=None
+        Teachers trained at once (joblib, loky backend); ``-1`` for all cores.
+    memory : str, joblib.Memory or None, default=None
+        Cache of fitted teachers: fits with the same data, subsets, teacher
+        parameters and ``random_state`` (e.g. a sweep over ``temperature``) reuse them.
+    loss : {"ce", "focal"}, default="ce"
+        Student's base loss: CE (BCE for multi-label) or focal loss.
+    gamma : float, default=2.0
+        Focal loss focusing parameter.
+    class_weight : {"balanced", "inverse", "sqrt_inverse"}, dict, array or None, \
+default=None
+        Per-class weights of the base loss (``"balanced"``: the RW baseline).
+    sampler : {"balanced"} or None, default=None
+        ``"balanced"``: class-balanced re-sampling (the RS baseline), seeded;
+        multi-label rows are drawn with the weight of their rarest positive label.
+    augment : bool, dict or Augment, default=False
+        Training augmentation (the teachers then see the same augmented batches).
+    optimizer : torch optimizer class, default=torch.optim.Adam
+    lr : float, default=1e-3
+    max_epochs : int, default=20
+    batch_size : int, default=64
+    train_split : None, default=None
+        Must stay None: the hold-out is ``validation_fraction``.
+    predict_nonlinearity : "auto" or callable, default="auto"
+        ``"auto"``: softmax (multi-class) or sigmoid (multi-label).
+    random_state : int, RandomState or None, default=None
+        Seeds the split, the teachers, the "other" draw, the initialisation,
+        shuffling, sampling and augmentation.
+    device : {"cpu", "cuda", "auto"}, default="cpu"
+    verbose : int, default=0
+    **kwargs
+        Further skorch parameters.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        Labels (multi-class) or ``arange(n_labels)`` (multi-label): the columns of
+        ``predict_proba``.
+    multilabel_ : bool
+        Whether ``fit`` saw an indicator matrix.
+    subsets_ : dict of str to ndarray
+        Subset name -> indices into ``classes_``.
+    teachers_ : dict of str to RelationalSubsetsDistiller
+        Subset name -> fitted teacher (empty when ``kd=None``).
+    teacher_scores_ : ndarray of shape (n_classes,)
+        Each class's teacher performance on the validation split (NaN without one).
+    kd_weights_ : ndarray of shape (n_classes,)
+        The latest weights (for the next epoch).
+    kd_weights_history_ : ndarray of shape (n_epochs, n_classes)
+        The weights used in every epoch.
+    student_scores_history_ : ndarray of shape (n_epochs, n_classes)
+        The student's per-class validation performance after every epoch.
+    module_ : nn.Module
+        The student network.
+    history_ : skorch.History
+        Per epoch ``train_loss``, ``train_loss_base``, ``train_loss_kd``,
+        ``kd_weights`` and ``valid_class_scores``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fewmed import RelationalSubsetsDistiller
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.integers(0, 256, size=(60, 16, 16, 3), dtype=np.uint8)
+    >>> y = np.array(["nv"] * 40 + ["mel"] * 14 + ["df"] * 6)
+    >>> clf = RelationalSubsetsDistiller(subsets=[["nv"], ["mel", "df"]], n_filters=8,
+    ...                                  max_epochs=2, random_state=0).fit(X, y)
+    >>> clf.predict_proba(X[:2]).shape
+    (2, 3)
+    >>> sorted(clf.teachers_), clf.kd_weights_history_.shape
+    (['subset0', 'subset1'], (2, 3))
+    """
+
+    def __init__(
+        self,
+        module: Any = "conv4",
+        *,
+        n_filters: int | None = None,
+        subsets: Any = "shot",
+        many: float = 100,
+        few: float = 20,
+        label_names: Any = None,
+        kd: str | None = "relational",
+        temperature: float = 10.0,
+        delta: float = 0.6,
+        weight_metric: str = "ap",
+        validation_fraction: float = 0.1,
+        teacher: dict | None = None,
+        n_jobs: int | None = None,
+        memory: Any = None,
+        loss: str = "ce",
+        gamma: float = 2.0,
+        class_weight: Any = None,
+        sampler: str | None = None,
+        augment: Any = False,
+        optimizer: Any = torch.optim.Adam,
+        lr: float = 1e-3,
+        max_epochs: int = 20,
+        batch_size: int = 64,
+        train_split: Any = None,
+        predict_nonlinearity: Any = "auto",
+        random_state: Any = None,
+        device: Any = "cpu",
+        verbose: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            module,
+            optimizer=optimizer,
+            lr=lr,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_split=train_split,
+            predict_nonlinearity=predict_nonlinearity,
+            augment=augment,
+            random_state=random_state,
+            device=device,
+            verbose=verbose,
+            **kwargs,
+        )
+        self.n_filters = n_filters
+        self.subsets = subsets
+        self.many = many
+        self.few = few
+        self.label_names = label_names
+        self.kd = kd
+        self.temperature = temperature
+        self.delta = delta
+        self.weight_metric = weight_metric
+        self.validation_fraction = validation_fraction
+        self.teacher = teacher
+        self.n_jobs = n_jobs
+        self.memory = memory
+        self.loss = loss
+        self.gamma = gamma
+        self.class_weight = class_weight
+        self.sampler = sampler
+
+    # ------------------------------------------------------------------ params
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.kd not in _KD_OPTIONS:
+            raise ValueError(f"kd must be 'relational', 'plain' or None, got {self.kd!r}.")
+        if self.loss not in ("ce", "focal"):
+            raise ValueError(f"loss must be 'ce' or 'focal', got {self.loss!r}.")
+        if self.sampler not in (None, "balanced"):
+            raise ValueError(f"sampler must be 'balanced' or None, got {self.sampler!r}.")
+        if self.weight_metric not in ("ap", "accuracy"):
+            raise ValueError(
+                f"weight_metric must be 'ap' or 'accuracy', got {self.weight_metric!r}."
+            )
+        for name in ("temperature", "gamma"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}.")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if self.gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {self.gamma}.")
+        if not (isinstance(self.delta, (int, float, np.number)) and 0 <= self.delta <= 1):
+            raise ValueError(f"delta must be a number in [0, 1], got {self.delta!r}.")
+        f = self.validation_fraction
+        if not (isinstance(f, (int, float, np.number)) and 0 < f < 1):
+            raise ValueError(f"validation_fraction must be in (0, 1), got {f!r}.")
+        if self.train_split is not None:
+            raise ValueError(
+                "train_split must be None for RelationalSubsetsDistiller: the validation "
+                "hold-out of Eq. 3 is set by validation_fraction."
+            )
+        if self.teacher is not None and not isinstance(self.teacher, dict):
+            raise ValueError(f"teacher must be a dict of parameters or None, got {self.teacher!r}.")
+        if isinstance(self.class_weight, str) and self.class_weight not in (
+            "balanced",
+            "inverse",
+            "sqrt_inverse",
+        ):
+            raise ValueError(
+                "class_weight must be 'balanced', 'inverse', 'sqrt_inverse', a dict, an array "
+                f"or None; got {self.class_weight!r}."
+            )
+
+    def _loss_terms(self) -> tuple[str, ...]:
+        return ("train_loss_base", "train_loss_kd") if self.kd is not None else ()
+
+    @property
+    def _default_callbacks(self):
+        cbs = list(super()._default_callbacks)
+        cbs.insert(len(cbs) - 1, ("kd_weights", _EpochWeights()))  # before print_log
+        return cbs
+
+    # ------------------------------------------------------------------ data
+    @staticmethod
+    def _signature(info: dict) -> tuple:
+        return (
+            tuple(info["input_shape"]),
+            int(info["n_classes"]),
+            bool(info["in_unit_range"]),
+            bool(info.get("multilabel", False)),
+        )
+
+    @staticmethod
+    def _is_multilabel(y: Any) -> bool:
+        if isinstance(y, torch.Tensor):
+            y = y.detach().cpu().numpy()
+        y = np.asarray(y)
+        return y.ndim == 2 and y.shape[1] > 1 and type_of_target(y) == "multilabel-indicator"
+
+    def check_data(self, X: Any, y: Any = None) -> None:
+        """Validate images and labels (multi-class ``y`` or indicator ``Y``); (re)build."""
+        self.teachers_pending_ = getattr(self, "fresh_", True) or "teachers_" not in self.__dict__
+        if y is None or not self._is_multilabel(y):
+            self.multilabel_ = False
+            super().check_data(X, y)
+            self.data_info_["n_samples"] = int(self.data_info_["class_counts"].sum())
+            return
+        self._prevalidate(X, y)
+        Xc = self._as_array(X)
+        Y = np.asarray(y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else y)
+        if len(Y) != len(Xc):
+            raise ValueError(f"X has {len(Xc)} samples but Y has {len(Y)}: they must match.")
+        self.multilabel_ = True
+        n_labels = Y.shape[1]
+        if self.classes is not None and len(self.classes) != n_labels:
+            raise ValueError(
+                f"classes has {len(self.classes)} entries but Y has {n_labels} columns."
+            )
+        self.classes_inferred_ = np.arange(n_labels)
+        Y = Y.astype(np.float32)
+        info = {
+            "input_shape": tuple(int(v) for v in Xc.shape[1:]),
+            "n_classes": n_labels,
+            "class_counts": Y.sum(axis=0).astype(np.int64),
+            "in_unit_range": bool(Xc.min() >= 0.0 and Xc.max() <= 1.0),
+            "multilabel": True,
+            "n_samples": len(Y),
+        }
+        built = getattr(self, "built_for_", None)
+        self.data_info_ = info
+        self.input_shape_ = info["input_shape"]
+        self.n_features_in_ = int(np.prod(Xc.shape[1:]))
+        self.fit_cache_ = (id(X), Xc, Y)
+        if built != self._signature(info):
+            self._initialize_module()
+            self._initialize_criterion()
+            self._initialize_optimizer()
+        else:
+            self._initialize_criterion()
+        self.fresh_ = False
+
+    def _indicator(self, targets: np.ndarray) -> np.ndarray:
+        if self.multilabel_:
+            return np.asarray(targets).astype(np.int64)
+        return np.eye(len(self.classes_), dtype=np.int64)[np.asarray(targets)]
+
+    def _validation_split(self, targets: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        n = len(targets)
+        idx = np.arange(n)
+        n_valid = max(1, int(round(self.validation_fraction * n)))
+        if self.multilabel_:  # stratify on each row's rarest positive label
+            counts = targets.sum(axis=0)
+            rank = np.where(targets > 0, counts[None, :], np.inf)
+            strata = np.where(targets.any(axis=1), rank.argmin(axis=1), -1)
+        else:
+            strata = targets
+        _, sizes = np.unique(strata, return_counts=True)
+        stratify = strata if sizes.min() >= 2 and len(sizes) <= n_valid <= n - len(sizes) else None
+        train, valid = train_test_split(
+            idx, test_size=n_valid, stratify=stratify, random_state=seed
+        )
+        return np.sort(train), np.sort(valid)
+
+    def get_split_datasets(self, X: Any, y: Any = None, **fit_params: Any):
+        """The training set, the validation hold-out (kept for Eq. 3) and the teachers.
+
+        Returns skorch's ``(dataset_train, None)``: the training dataset's targets
+        are row indices into the arrays this method keeps (labels and, when the
+        teachers' outputs can be precomputed, their soft targets).
+        """
+        if "sample_weight" in fit_params:
+            raise TypeError(
+                f"{type(self).__name__}.fit does not support sample_weight; use class_weight."
+            )
+        cache = getattr(self, "fit_cache_", None)
+        if cache is None or cache[0] != id(X):
+            self.check_data(X, y)
+            cache = self.fit_cache_
+        Xc, targets = cache[1], cache[2]
+        self.fit_cache_ = None
+        seeds = self._fit_seeds()
+        n_classes = len(self.classes_)
+        self.subsets_ = build_subsets(
+            self.subsets,
+            self.classes_,
+            self.data_info_["class_counts"],
+            many=self.many,
+            few=self.few,
+            label_names=self.label_names,
+        )
+        self.kd_weights_history_ = np.zeros((0, n_classes))
+        self.student_scores_history_ = np.zeros((0, n_classes))
+        self.teacher_scores_ = np.full(n_classes, np.nan)
+        self._kd_state_ = None
+        if self.kd is None:
+            self.teachers_ = {}
+            train = np.arange(len(Xc))
+        else:
+            train, valid = self._validation_split(targets, seeds["split"])
+            if self.teachers_pending_ or set(self.teachers_) != set(self.subsets_):
+                self.teachers_ = self._fit_teachers(Xc[train], targets[train], seeds["teachers"])
+            self._prepare_distillation(Xc[train], Xc[valid], targets[valid])
+        self.teachers_pending_ = False
+        self._train_targets_ = torch.as_tensor(targets[train])
+        self._sample_weights_ = self._sampling_weights(targets[train])
+        return ArrayDataset(Xc[train], np.arange(len(train))), None
+
+    def _fit_seeds(self) -> dict:
+        rs = check_random_state(self.random_state)
+        draws = rs.randint(0, 2**31 - 1, size=5)  # the first 3 are the init/loader/augment seeds
+        return {"split": int(draws[3]), "teachers": int(draws[4])}
+
+    # ------------------------------------------------------------------ teachers
+    def _teacher_params(self, seed: int, n_outputs: int) -> dict:
+        params = {
+            "module": self.module,
+            "n_filters": self.n_filters,
+            "optimizer": self.optimizer,
+            "lr": self.lr,
+            "max_epochs": self.max_epochs,
+            "batch_size": self.batch_size,
+            "augment": self.augment,
+            "device": self.device,
+        }
+        params.update({f"module__{k}": v for k, v in self.get_params_for("module").items()})
+        params.update(self.teacher or {})
+        params.update(kd=None, random_state=seed, verbose=0, classes=list(range(n_outputs)))
+        return params
+
+    def _teacher_jobs(self, X: np.ndarray, targets: np.ndarray, seed: int) -> list:
+        rng = np.random.RandomState(seed)
+        jobs = []
+        for name, members in self.subsets_.items():
+            if self.multilabel_:
+                inside = targets[:, members].any(axis=1)
+                largest = int(targets[:, members].sum(axis=0).max())
+            else:
+                inside = np.isin(targets, members)
+                largest = int(np.bincount(targets[inside]).max()) if inside.any() else 0
+            idx_in, idx_out = np.flatnonzero(inside), np.flatnonzero(~inside)
+            if len(idx_out) > largest:
+                idx_out = np.sort(rng.choice(idx_out, size=largest, replace=False))
+            rows = np.concatenate([idx_in, idx_out])
+            if self.multilabel_ and len(members) > 1:
+                yt, ml = targets[rows][:, members].astype(np.int64), True
+                n_out, columns = len(members), None
+            elif self.multilabel_:  # a one-label subset: a binary softmax teacher
+                yt, ml = targets[rows][:, members[0]].astype(np.int64), False
+                n_out, columns = 2, np.array([1])
+            else:
+                position = np.full(len(self.classes_), len(members))
+                position[members] = np.arange(len(members))
+                yt, ml = position[targets[rows]], False
+                n_out, columns = len(members) + int(len(idx_out) > 0), np.arange(len(members))
+            if len(np.unique(yt)) < 2 and not ml:
+                raise ValueError(
+                    f"subsets: the teacher of subset {name!r} has a single class to learn; give "
+                    "subsets with several classes or leave classes outside them."
+                )
+            params = self._teacher_params(int(rng.randint(0, 2**31 - 1)), n_out)
+            if ml:
+                params.pop("classes")
+            jobs.append((name, params, X[rows], yt, columns))
+        return jobs
+
+    def _fit_teachers(self, X: np.ndarray, targets: np.ndarray, seed: int) -> dict:
+        jobs = self._teacher_jobs(X, targets, seed)
+        fit = _fit_teacher
+        if self.memory is not None:
+            memory = (
+                self.memory if isinstance(self.memory, Memory) else Memory(self.memory, verbose=0)
+            )
+            fit = memory.cache(_fit_teacher, ignore=["n_threads"])
+        order = sorted(range(len(jobs)), key=lambda j: -len(jobs[j][2]))  # longest first
+        fitted = Parallel(n_jobs=self.n_jobs, backend="loky")(
+            delayed(fit)(jobs[j][1], jobs[j][2], jobs[j][3], 1) for j in order
+        )
+        teachers = {}
+        for j, est in zip(order, fitted):
+            est.subset_columns_ = jobs[j][4]
+            teachers[jobs[j][0]] = est
+        return {name: teachers[name] for name in self.subsets_}
+
+    def _teacher_log_probs(self, X: Any, temperature: float) -> torch.Tensor:
+        """``(n, n_classes, 2)``: ``log q_i``, ``log(1 - q_i)`` from each class's teacher."""
+        Xt = to_tensor(X, device=self.device)
+        out = torch.zeros(len(Xt), len(self.classes_), 2, device=Xt.device)
+        for name, members in self.subsets_.items():
+            t = self.teachers_[name]
+            t.module_.eval()
+            with torch.no_grad():
+                logits = torch.cat(
+                    [t.module_(Xt[i : i + 1024].to(t.device)) for i in range(0, len(Xt), 1024)]
+                ).to(Xt.device)
+            log_p, log_not = binary_log_probs(logits, temperature, t.multilabel_)
+            cols = t.subset_columns_
+            cols = torch.arange(len(members)) if cols is None else torch.as_tensor(cols)
+            out[:, members, 0] = log_p[:, cols]
+            out[:, members, 1] = log_not[:, cols]
+        return out
+
+    def _prepare_distillation(self, X_train, X_valid, y_valid) -> None:
+        n_classes = len(self.classes_)
+        has_teacher = np.zeros(n_classes, dtype=bool)
+        for members in self.subsets_.values():
+            has_teacher[members] = True
+        truth = self._indicator(y_valid)
+        t_scores = np.full(n_classes, np.nan)
+        if len(X_valid):
+            t_scores[has_teacher] = per_class_scores(
+                truth,
+                self._teacher_log_probs(X_valid, 1.0)[..., 0].exp().cpu().numpy(),
+                self.weight_metric,
+            )[has_teacher]
+        self.teacher_scores_ = t_scores
+        self.kd_weights_ = has_teacher.astype(np.float64)
+        precomputed = None
+        if not self.augment:
+            precomputed = self._teacher_log_probs(X_train, float(self.temperature)).cpu()
+        self._kd_state_ = {
+            "has_teacher": has_teacher,
+            "valid": (X_valid, truth),
+            "teacher_lp": precomputed,
+        }
+
+    # ------------------------------------------------------------------ building
+    def _build_modules(self, info: dict) -> None:
+        c, h, w = info["input_shape"]
+        self.module_ = build_backbone(
+            self.module,
+            in_channels=c,
+            input_shape=(h, w),
+            n_classes=info["n_classes"],
+            n_filters=self.n_filters,
+            **self.get_params_for("module"),
+        )
+
+    def _build_criteria(self, info: dict | None) -> None:
+        weight = None
+        multilabel = bool(info and info.get("multilabel"))
+        if self.class_weight is not None and info is not None:
+            counts = np.asarray(info["class_counts"])
+            if multilabel:
+                y_like = (np.arange(info["n_samples"])[:, None] < counts[None, :]).astype(int)
+                weight = class_weights(y_like, self.class_weight)
+            else:
+                y_like = np.repeat(np.asarray(self.classes_), counts)
+                weight = class_weights(y_like, self.class_weight, classes=self.classes_)
+        self.criterion_ = make_classification_loss(
+            self.loss, weight=weight, gamma=self.gamma, multilabel=multilabel
+        )
+
+    def _sampling_weights(self, targets: np.ndarray) -> np.ndarray | None:
+        if self.sampler is None:
+            return None
+        if self.multilabel_:
+            counts = targets.sum(axis=0)
+            inv = np.where(targets > 0, 1.0 / np.maximum(counts, 1)[None, :], 0.0).max(axis=1)
+            none = inv == 0
+            inv[none] = 1.0 / max(int(none.sum()), 1)
+            return inv
+        counts = np.bincount(targets, minlength=len(self.classes_))
+        return 1.0 / counts[targets]
+
+    def get_iterator(self, dataset, training: bool = False):
+        """skorch's iterator; a seeded class-balanced sampler when ``sampler="balanced"``."""
+        weights = getattr(self, "_sample_weights_", None)
+        if not (training and weights is not None and isinstance(dataset, ArrayDataset)):
+            return super().get_iterator(dataset, training=training)
+        super().get_iterator(dataset, training=True)  # seeds the augmentation
+        generator = torch.Generator().manual_seed(self.seeds_["loader"])
+        sampler = torch.utils.data.WeightedRandomSampler(
+            torch.as_tensor(weights, dtype=torch.double), len(dataset), generator=generator
+        )
+        batch_size = len(dataset) if self.batch_size == -1 else self.batch_size
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, collate_fn=_collate_batch
+        )
+
+    # ------------------------------------------------------------------ loss
+    def get_loss(self, y_pred: Any, y_true: Any, X: Any = None, training: bool = False):
+        """``L = L_CE / L_BCE + sum_i w_i KD_i`` (only the base loss without teachers).
+
+        Parameters
+        ----------
+        y_pred : Tensor of shape (n, n_classes)
+            Student logits.
+        y_true : Tensor
+            During ``fit``: row indices into the training arrays; otherwise class
+            codes ``(n,)`` or an indicator ``(n, n_classes)``.
+        X : Tensor of shape (n, C, H, W), default=None
+            The (augmented) batch; the teachers see it when their outputs are not
+            precomputed.
+        training : bool, default=False
+
+        Returns
+        -------
+        Tensor
+        """
+        logits = y_pred
+        y_true = to_tensor(y_true, device="cpu")
+        stored = getattr(self, "_train_targets_", None)
+        idx = None
+        if training and stored is not None:
+            idx = y_true.long()
+            targets = stored[idx]
+        else:
+            targets = y_true
+        targets = targets.to(logits.device)
+        targets = targets.float() if self.multilabel_ else targets.long()
+        base = self.criterion_(logits, targets)
+        state = getattr(self, "_kd_state_", None)
+        if self.kd is None or state is None or not training:
+            return base
+        if state["teacher_lp"] is not None and idx is not None:
+            teacher_lp = state["teacher_lp"][idx].to(logits.device)
+        else:
+            teacher_lp = self._teacher_log_probs(X, float(self.temperature))
+        weights = torch.as_tensor(self.kd_weights_, dtype=logits.dtype)
+        kd, _ = relational_kd_loss(
+            logits, teacher_lp, weights, float(self.temperature), self.multilabel_
+        )
+        self.last_terms_ = {"train_loss_base": base.item(), "train_loss_kd": kd.item()}
+        return base + kd
+
+    def _end_of_epoch(self) -> None:
+        state = getattr(self, "_kd_state_", None)
+        if self.kd is None or state is None:
+            return
+        used = np.asarray(self.kd_weights_, dtype=np.float64)
+        self.kd_weights_history_ = np.vstack([self.kd_weights_history_, used])
+        X_valid, truth = state["valid"]
+        scores = np.full(len(self.classes_), np.nan)
+        if len(X_valid):
+            logits = self.forward(ArrayDataset(X_valid), training=False)
+            proba = self._get_predict_nonlinearity()(logits).cpu().numpy()
+            scores = per_class_scores(truth, proba, self.weight_metric)
+        self.student_scores_history_ = np.vstack([self.student_scores_history_, scores])
+        if self.kd == "relational":
+            new = relational_weights(self.teacher_scores_, scores, self.delta)
+            new[~state["has_teacher"]] = 0.0
+            self.kd_weights_ = new
+        self.history.record("kd_weights", used.tolist())
+        self.history.record("valid_class_scores", scores.tolist())
+
+    def on_train_end(self, net, X=None, y=None, **kwargs):
+        """Drop the fit-time arrays (labels, soft targets, validation images)."""
+        self._train_targets_ = None
+        self._sample_weights_ = None
+        self._kd_state_ = None
+        return super().on_train_end(net, X=X, y=y, **kwargs)
+
+    # ------------------------------------------------------------------ prediction
+    def _get_predict_nonlinearity(self):
+        if isinstance(self.predict_nonlinearity, str) and self.predict_nonlinearity == "auto":
+            return sigmoid if getattr(self, "multilabel_", False) else softmax
+        return super()._get_predict_nonlinearity()
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted labels, or a ``{0, 1}`` indicator (probability >= 0.5) for multi-label.
+
+        Parameters
+        ----------
+        X : array-like of images
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_labels)
+        """
+        self.check_is_fitted()
+        if self.multilabel_:
+            return (self.predict_proba(X) >= 0.5).astype(np.int64)
+        return super().predict(X)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        for key in ("_train_targets_", "_sample_weights_", "_kd_state_"):
+            state.pop(key, None)
+        return state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        tags.target_tags.multi_output = True
+        return tags
