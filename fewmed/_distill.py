@@ -3,9 +3,10 @@
 * :func:`build_subsets` turns the ``subsets`` parameter (``"shot"`` or user groups)
   into class subsets, validated;
 * :func:`binary_log_probs` and :func:`relational_kd_loss` are Eqs. 1, 2 and 4's
-  ``sum_i w_i KD_i``: one *binary* distillation term per class ``i`` (the paper's
-  softmax runs over the two states ``{0, 1}`` of a class), at temperature ``T``,
-  scaled by ``T**2`` as in Hinton et al. (2015);
+  ``sum_i w_i KD_i`` at temperature ``T``, scaled by ``T**2`` (Hinton et al., 2015):
+  one *binary* term per class for multi-label students (the paper's softmax runs
+  over the two states ``{0, 1}`` of a class), the KL over the subset's classes of
+  the samples of class ``i`` for multi-class students;
 * :func:`relational_weights` is Eq. 3, the per-class weight from the teacher-student
   performance gap;
 * :func:`per_class_scores` measures per-class performance (AP or accuracy) for Eq. 3.
@@ -49,8 +50,8 @@ def build_subsets(
     ----------
     subsets : "shot", sequence of sequences or dict of sequences
         ``"shot"`` splits the classes by training frequency with
-        :func:`fewmed.metrics.frequency_groups` into ``"many"`` (more than ``many``
-        samples), ``"medium"`` and ``"few"`` (fewer than ``few``); empty groups are
+        :func:`fewmed.metrics.frequency_groups` into ``"head"`` (more than ``many``
+        samples), ``"medium"`` and ``"tail"`` (fewer than ``few``); empty groups are
         dropped. A list of groups (named ``"subset0"``, ...) or a dict
         ``{name: group}`` gives the groups explicitly; each group lists class labels
         (values of ``classes``) or names (entries of ``label_names``).
@@ -78,7 +79,7 @@ def build_subsets(
     Examples
     --------
     >>> build_subsets("shot", ["a", "b", "c"], [500, 60, 5])
-    {'many': array([0]), 'medium': array([1]), 'few': array([2])}
+    {'head': array([0]), 'medium': array([1]), 'tail': array([2])}
     >>> build_subsets({"pigmented": ["a", "c"], "other": ["b"]}, ["a", "b", "c"], [5, 5, 5])
     {'pigmented': array([0, 2]), 'other': array([1])}
     """
@@ -193,56 +194,99 @@ def relational_kd_loss(
     weights: torch.Tensor,
     temperature: float = 10.0,
     multilabel: bool = False,
+    y: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sum_i w_i KD_i`` with ``KD_i = T**2 * mean_n KL(q_ni || q^_ni)`` (Eqs. 1, 2, 4).
+    """``sum_i w_i KD_i`` at temperature ``T``, scaled by ``T**2`` (Eqs. 1, 2, 4).
 
-    ``KD_i`` is the Kullback-Leibler divergence between the teacher's and the
-    student's binary distributions ``(q_i, 1 - q_i)`` of class ``i`` at temperature
-    ``T``, averaged over the batch, times ``T**2`` (Hinton et al., 2015: keeps the
-    gradient scale independent of ``T``). It is ``KL(teacher || student)``, the
-    usual direction of distillation (``torch.nn.KLDivLoss(log q^, q)``); the paper's
-    Eq. 2 writes the arguments in the other order.
+    ``T**2`` (Hinton et al., 2015) keeps the gradients' scale independent of ``T``.
+    Every KL is ``KL(teacher || student)``, the usual direction of distillation
+    (``torch.nn.KLDivLoss(log q^, q)``); the paper's Eq. 2 writes the arguments in
+    the other order.
+
+    * Multi-label (``multilabel=True``, the paper's setting): one *binary* term per
+      class, ``KD_i = T**2 * mean_n KL((q_ni, 1 - q_ni) || (q^_ni, 1 - q^_ni))`` with
+      ``q = sigmoid(z / T)`` of the teacher of class ``i``'s subset and ``q^`` of the
+      student, over every sample. ``teacher_log_probs`` is ``(n, K, 2)``:
+      ``log q`` and ``log(1 - q)`` (see :func:`binary_log_probs`).
+    * Multi-class: binary terms of different teachers would ask one softmax for
+      inconsistent marginals, so ``KD_i`` distils the samples *of class i*: the KL
+      between the teacher's softmax over its subset's classes (+ its "other"
+      output) and the student's softmax grouped the same way (the student's
+      "other" is the total probability of the classes outside the subset), as in
+      LFME (Xiang et al., 2020, the paper's ref. [13]):
+      ``KD_i = T**2 / n * sum_{n: y_n = i} KL_n``, so ``sum_i KD_i`` is a batch mean.
+      ``teacher_log_probs`` is ``(n, K + 1)``: per sample, the teacher's log-probs
+      at ``T`` of the subset's classes (columns of those classes), of "other"
+      (last column), and ``-inf`` elsewhere (all ``-inf``: no teacher).
 
     Parameters
     ----------
-    student_logits : Tensor of shape (n, n_classes)
-    teacher_log_probs : Tensor of shape (n, n_classes, 2)
-        The teacher's ``log q_i`` and ``log(1 - q_i)`` at temperature ``T`` (see
-        :func:`binary_log_probs`); entries of classes without a teacher may hold
-        anything finite (their weight must be 0).
-    weights : Tensor of shape (n_classes,)
+    student_logits : Tensor of shape (n, K)
+    teacher_log_probs : Tensor of shape (n, K, 2) or (n, K + 1)
+    weights : Tensor of shape (K,)
         ``w_i`` (Eq. 3); 0 drops class ``i``.
     temperature : float, default=10.0
     multilabel : bool, default=False
-        Sigmoid (multi-label) or softmax (multi-class) student.
+    y : Tensor of shape (n,), default=None
+        Class codes (multi-class only).
 
     Returns
     -------
     loss : Tensor
         The scalar ``sum_i w_i KD_i``.
-    per_class : Tensor of shape (n_classes,)
+    per_class : Tensor of shape (K,)
         The unweighted ``KD_i`` (detached).
 
     Examples
     --------
     >>> import torch
-    >>> t = torch.stack(binary_log_probs(torch.tensor([[2.0, 0.0]]), 2.0), dim=-1)
-    >>> loss, kd = relational_kd_loss(torch.tensor([[2.0, 0.0]]), t, torch.ones(2), 2.0)
+    >>> t = torch.stack(binary_log_probs(torch.tensor([[2.0, 0.0]]), 2.0, True), dim=-1)
+    >>> loss, kd = relational_kd_loss(torch.tensor([[2.0, 0.0]]), t, torch.ones(2), 2.0, True)
     >>> float(loss)
     0.0
     """
-    s_log_p, s_log_not = binary_log_probs(student_logits, temperature, multilabel)
-    t_log_p, t_log_not = teacher_log_probs[..., 0], teacher_log_probs[..., 1]
-    t_p, t_not = t_log_p.exp(), t_log_not.exp()
-    # 0 * log 0 = 0: xlogy-like guards where the teacher is certain
-    kl = torch.where(t_p > 0, t_p * (t_log_p - s_log_p), torch.zeros_like(t_p)) + torch.where(
-        t_not > 0, t_not * (t_log_not - s_log_not), torch.zeros_like(t_not)
+    w = weights.to(device=student_logits.device, dtype=student_logits.dtype)
+    T2 = temperature**2
+    if multilabel:
+        s_log_p, s_log_not = binary_log_probs(student_logits, temperature, True)
+        t_log_p, t_log_not = teacher_log_probs[..., 0], teacher_log_probs[..., 1]
+        kl = _xlogx_diff(t_log_p, s_log_p) + _xlogx_diff(t_log_not, s_log_not)
+        per_class = kl.mean(dim=0) * T2
+        active = w != 0
+        return (w[active] * per_class[active]).sum(), per_class.detach()
+    if y is None:
+        raise ValueError("relational_kd_loss needs the class codes y for a multi-class student.")
+    n, k = student_logits.shape
+    t_lp = teacher_log_probs.to(student_logits.dtype)
+    in_subset = torch.isfinite(t_lp[:, :k])
+    z = student_logits / temperature
+    outside = torch.where(in_subset, torch.full_like(z, -torch.inf), z)
+    other = torch.logsumexp(outside, dim=1, keepdim=True)
+    has_other = torch.isfinite(t_lp[:, k:])
+    z_ext = torch.cat(
+        [
+            torch.where(in_subset, z, torch.full_like(z, -torch.inf)),
+            torch.where(has_other, other, torch.full_like(other, -torch.inf)),
+        ],
+        dim=1,
     )
-    per_class = kl.mean(dim=0) * temperature**2
-    w = weights.to(device=per_class.device, dtype=per_class.dtype)
-    active = w != 0
-    loss = (w[active] * per_class[active]).sum()
-    return loss, per_class.detach()
+    taught = torch.isfinite(z_ext).any(dim=1)
+    z_ext = torch.where(taught[:, None], z_ext, torch.zeros_like(z_ext))  # rows without teacher
+    s_lp = torch.log_softmax(z_ext, dim=1)
+    kl = _xlogx_diff(t_lp, s_lp).sum(dim=1) * taught
+    y = y.to(student_logits.device).long()
+    per_class = torch.zeros(k, dtype=kl.dtype, device=kl.device).index_add(0, y, kl) * T2 / n
+    return (w[y] * kl).sum() * T2 / n, per_class.detach()
+
+
+def _xlogx_diff(t_log: torch.Tensor, s_log: torch.Tensor) -> torch.Tensor:
+    """``p_t * (log p_t - log p_s)`` with ``0 log 0 = 0`` (and no NaN gradients)."""
+    t_p = t_log.exp()
+    safe = t_p > 0
+    diff = torch.where(safe, t_log, torch.zeros_like(t_log)) - torch.where(
+        safe, s_log, torch.zeros_like(s_log)
+    )
+    return torch.where(safe, t_p * diff, torch.zeros_like(t_p))
 
 
 def relational_weights(

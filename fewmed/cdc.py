@@ -32,6 +32,10 @@ __all__ = ["CDCClassifier"]
 
 _TERMS = ("train_loss_cls", "train_loss_rec", "train_loss_twin")
 
+#: Keep the networks and batches in channels-last memory layout on the CPU: oneDNN's
+#: convolutions, pooling and upsampling are ~1.5-2x faster on it for small images.
+_CHANNELS_LAST_ON_CPU = True
+
 
 @contextmanager
 def _frozen_bn_statistics(module: nn.Module) -> Iterator[None]:
@@ -95,6 +99,9 @@ None, default="balanced"
         ``False`` trains the plain classifier (no decoder, no twin).
     decoder_blocks : int, default=2
         (Up-sampling + convolution) blocks of the decoder.
+    decoder_filters : int or None, default=None
+        Width of the decoder's blocks; ``None`` halves the feature map's channels
+        at every block (at least 8). A smaller width makes the decoder cheaper.
     augment : bool, dict or Augment, default=False
         Random scaling, rotation and flips of training batches
         (:class:`fewmed.nn.Augment`); the reconstruction target is the augmented
@@ -174,6 +181,7 @@ None, default="balanced"
         twin: bool = True,
         decoder: bool = True,
         decoder_blocks: int = 2,
+        decoder_filters: int | None = None,
         augment: Any = False,
         optimizer: Any = torch.optim.Adam,
         lr: float = 1e-3,
@@ -211,6 +219,7 @@ None, default="balanced"
         self.twin = twin
         self.decoder = decoder
         self.decoder_blocks = decoder_blocks
+        self.decoder_filters = decoder_filters
 
     # ------------------------------------------------------------------ params
     def _check_params(self) -> None:
@@ -230,6 +239,9 @@ None, default="balanced"
                 raise ValueError(f"{name} must be >= 0, got {value}.")
         if not isinstance(self.decoder_blocks, (int, np.integer)) or self.decoder_blocks < 1:
             raise ValueError(f"decoder_blocks must be an int >= 1, got {self.decoder_blocks!r}.")
+        df = self.decoder_filters
+        if df is not None and (not isinstance(df, (int, np.integer)) or df < 1):
+            raise ValueError(f"decoder_filters must be None or an int >= 1, got {df!r}.")
         for name in ("class_weight", "reconstruction_weight"):
             value = getattr(self, name)
             if isinstance(value, str) and value not in ("balanced", "inverse", "sqrt_inverse"):
@@ -259,6 +271,7 @@ None, default="balanced"
             self.decoder_ = make_decoder(
                 backbone,
                 n_blocks=self.decoder_blocks,
+                n_filters=self.decoder_filters,
                 output="sigmoid" if info["in_unit_range"] else None,
             )
         elif "decoder_" in self.__dict__:
@@ -279,6 +292,30 @@ None, default="balanced"
                 self.reconstruction, weight=self._weights(self.reconstruction_weight, info)
             )
 
+    def _channels_last(self) -> bool:
+        return _CHANNELS_LAST_ON_CPU and torch.device(self.device or "cpu").type == "cpu"
+
+    def initialize_module(self):
+        """Build ``module_`` (and ``decoder_``); channels-last layout on the CPU."""
+        super().initialize_module()
+        if self.built_for_ is not None and self._channels_last():
+            self.module_.to(memory_format=torch.channels_last)
+            if self.decoder:
+                self.decoder_.to(memory_format=torch.channels_last)
+        return self
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        """Validate, then build the networks and optimizer *before* the callbacks start.
+
+        skorch notifies ``on_train_begin`` before ``fit_loop`` calls ``check_data``;
+        building here means callbacks that hold the optimizer (``LRScheduler``) or
+        the module get the ones that are trained, not the pre-data placeholders.
+        """
+        out = super().on_train_begin(net, X=X, y=y, **kwargs)
+        if not isinstance(X, torch.utils.data.Dataset):
+            self.check_data(X, y)
+        return out
+
     # ------------------------------------------------------------------ forward / loss
     def infer(self, x: Any, **fit_params: Any):
         """Logits at evaluation; ``(logits, reconstruction, twin_logits)`` in training.
@@ -294,6 +331,8 @@ None, default="balanced"
         Tensor or tuple of (Tensor, Tensor, Tensor or None)
         """
         x = to_tensor(x, device=self.device)
+        if x.ndim == 4 and self._channels_last():
+            x = x.contiguous(memory_format=torch.channels_last)
         if not (self.decoder and self.module_.training):
             return self.module_(x, **fit_params)
         fmap = self.module_.forward_features(x)

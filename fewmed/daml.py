@@ -153,7 +153,10 @@ class DAMLClassifier(FewShotMixin):
         The meta-learned network (initial weights of every task).
     history_ : list of dict
         Per iteration: ``meta_loss``, ``task_loss`` (mean query CE), ``query_acc``,
-        ``lr`` and ``difficulty`` (whether Eq. 3 was used).
+        ``effective_tasks`` (``(sum w)^2 / sum w^2`` of the tasks' weights
+        ``w_i = dL_meta/dL_i``: ``meta_batch_size`` for MAML, fewer when the
+        difficulty term concentrates the update on the hardest tasks), ``lr`` and
+        ``difficulty`` (whether Eq. 3 was used).
     n_iter_ : int
         Meta-updates done.
     train_classes_ : ndarray
@@ -392,6 +395,9 @@ class DAMLClassifier(FewShotMixin):
                     f"meta-training diverged at iteration {it}: the meta-loss is {meta.item()}. "
                     "Lower meta_lr or inner_lr, or use first_order=True."
                 )
+            # each task's weight in the meta-gradient is dL_meta / dL_i; their effective
+            # number (sum w)^2 / sum w^2 says how many of the T tasks the update really uses
+            tw = torch.autograd.grad(meta, losses, retain_graph=True)[0].detach()
             self.optimizer_.zero_grad(set_to_none=True)
             meta.backward()
             self.optimizer_.step()
@@ -401,6 +407,7 @@ class DAMLClassifier(FewShotMixin):
                 "meta_loss": meta.item(),
                 "task_loss": losses.mean().item(),
                 "query_acc": accs.mean().item(),
+                "effective_tasks": (tw.sum() ** 2 / (tw**2).sum().clamp_min(1e-30)).item(),
                 "lr": self._lr(it),
                 "difficulty": difficulty,
             }

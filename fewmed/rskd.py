@@ -73,7 +73,7 @@ class RelationalSubsetsDistiller(ImageNetClassifier):
     weights at ``on_epoch_end``.
 
     **Subsets and teachers.** ``subsets="shot"`` groups the classes into
-    ``"many"`` / ``"medium"`` / ``"few"`` by training frequency
+    ``"head"`` / ``"medium"`` / ``"tail"`` by training frequency
     (:func:`fewmed.metrics.frequency_groups` with ``many`` and ``few``); a list or
     dict of groups (labels, or names from ``label_names``) gives region- or
     feature-based subsets. Each teacher is trained on its subset's samples (images
@@ -87,11 +87,13 @@ class RelationalSubsetsDistiller(ImageNetClassifier):
     Teachers run in parallel (``n_jobs`` joblib *loky* processes, one torch
     thread each, so results do not depend on ``n_jobs``).
 
-    **Distillation.** ``KD_i = T**2 * mean KL(q_i || q^_i)`` over the binary
-    distribution (class ``i`` / not ``i``) of the teacher (``q``) and the student
-    (``q^``) at temperature ``T`` (the paper's Eq. 1 sums over the two states
-    ``{0, 1}`` of a class; for a softmax model ``q_i`` is the softmax probability
-    of class ``i``); see :func:`fewmed._distill.relational_kd_loss`.
+    **Distillation** at temperature ``T``, times ``T**2``, ``KL(teacher || student)``.
+    Multi-label (the paper's setting): ``KD_i = T**2 * mean_n KL`` of the binary
+    distributions ``(q_i, 1 - q_i)``, ``q = sigmoid(z / T)`` (Eq. 1's softmax over
+    the two states ``{0, 1}`` of a class). Multi-class: ``KD_i`` distils the samples
+    of class ``i``, the KL between the teacher's softmax over its subset's classes
+    + "other" and the student's softmax grouped the same way (as in LFME, the
+    paper's ref. [13]); see :func:`fewmed._distill.relational_kd_loss`.
 
     **Weights (Eq. 3).** ``w_i = 1`` while ``delta * Acc_T,i >= Acc_S,i``, else
     ``(Acc_T,i - Acc_S,i) / (Acc_T,i (1 - delta))`` clipped to ``[0, 1]``;
@@ -111,7 +113,7 @@ class RelationalSubsetsDistiller(ImageNetClassifier):
         How to split the classes (see above).
     many, few : float, default=100, 20
         Shot thresholds for ``subsets="shot"``: more than ``many`` training samples
-        is "many", fewer than ``few`` is "few"; below 1 they are fractions of the
+        is "head", fewer than ``few`` is "tail"; below 1 they are fractions of the
         total count.
     label_names : sequence of str or None, default=None
         A name per class (in ``classes_`` order; the columns of a multi-label ``Y``)
@@ -441,7 +443,7 @@ default=None
             train, valid = self._validation_split(targets, seeds["split"])
             if self.teachers_pending_ or set(self.teachers_) != set(self.subsets_):
                 self.teachers_ = self._fit_teachers(Xc[train], targets[train], seeds["teachers"])
-            self._prepare_distillation(Xc[train], Xc[valid], targets[valid])
+            self._prepare_distillation(Xc[train], targets[train], Xc[valid], targets[valid])
         self.teachers_pending_ = False
         self._train_targets_ = torch.as_tensor(targets[train])
         self._sample_weights_ = self._sampling_weights(targets[train])
@@ -523,25 +525,63 @@ default=None
             teachers[jobs[j][0]] = est
         return {name: teachers[name] for name in self.subsets_}
 
-    def _teacher_log_probs(self, X: Any, temperature: float) -> torch.Tensor:
-        """``(n, n_classes, 2)``: ``log q_i``, ``log(1 - q_i)`` from each class's teacher."""
+    def _teacher_logits(self, X: Any) -> dict:
+        """Each teacher's raw outputs on ``X`` (evaluation mode, in chunks)."""
         Xt = to_tensor(X, device=self.device)
-        out = torch.zeros(len(Xt), len(self.classes_), 2, device=Xt.device)
-        for name, members in self.subsets_.items():
-            t = self.teachers_[name]
+        out = {}
+        for name, t in self.teachers_.items():
             t.module_.eval()
             with torch.no_grad():
-                logits = torch.cat(
+                out[name] = torch.cat(
                     [t.module_(Xt[i : i + 1024].to(t.device)) for i in range(0, len(Xt), 1024)]
                 ).to(Xt.device)
-            log_p, log_not = binary_log_probs(logits, temperature, t.multilabel_)
-            cols = t.subset_columns_
-            cols = torch.arange(len(members)) if cols is None else torch.as_tensor(cols)
-            out[:, members, 0] = log_p[:, cols]
-            out[:, members, 1] = log_not[:, cols]
         return out
 
-    def _prepare_distillation(self, X_train, X_valid, y_valid) -> None:
+    def _teacher_class_probs(self, X: Any) -> np.ndarray:
+        """``(n, n_classes)``: each class's probability by its teacher (T = 1), NaN without."""
+        logits = self._teacher_logits(X)
+        out = np.full((len(X), len(self.classes_)), np.nan)
+        for name, members in self.subsets_.items():
+            t = self.teachers_[name]
+            proba = t._get_predict_nonlinearity()(logits[name]).cpu().numpy()
+            cols = t.subset_columns_
+            out[:, members] = proba[:, np.arange(len(members)) if cols is None else cols]
+        return out
+
+    def _teacher_log_probs(self, X: Any, temperature: float, y: Any = None) -> torch.Tensor:
+        """The teachers' soft targets at ``temperature`` (see ``relational_kd_loss``).
+
+        Multi-label: ``(n, n_classes, 2)``, ``log q_i`` and ``log(1 - q_i)``.
+        Multi-class: ``(n, n_classes + 1)``, the log-probabilities of the teacher of
+        each sample's class (``y``) over its subset's columns and "other" (last),
+        ``-inf`` elsewhere.
+        """
+        logits = self._teacher_logits(X)
+        n, k = len(X), len(self.classes_)
+        if self.multilabel_:
+            out = torch.zeros(n, k, 2)
+        else:
+            out = torch.full((n, k + 1), -torch.inf)
+            y = torch.as_tensor(np.asarray(y)).long().cpu()
+        for name, members in self.subsets_.items():
+            t, z = self.teachers_[name], logits[name].cpu()
+            cols = t.subset_columns_
+            cols = torch.arange(len(members)) if cols is None else torch.as_tensor(cols)
+            m = torch.as_tensor(members)
+            if self.multilabel_:
+                log_p, log_not = binary_log_probs(z, temperature, t.multilabel_)
+                out[:, m, 0], out[:, m, 1] = log_p[:, cols], log_not[:, cols]
+                continue
+            rows = torch.isin(y, m)
+            lp = torch.log_softmax(z[rows] / temperature, dim=1)
+            block = torch.full((int(rows.sum()), k + 1), -torch.inf)
+            block[:, m] = lp[:, cols]
+            if lp.shape[1] > len(members):  # the teacher's "other" output
+                block[:, k] = lp[:, -1]
+            out[rows] = block
+        return out
+
+    def _prepare_distillation(self, X_train, y_train, X_valid, y_valid) -> None:
         n_classes = len(self.classes_)
         has_teacher = np.zeros(n_classes, dtype=bool)
         for members in self.subsets_.values():
@@ -551,14 +591,14 @@ default=None
         if len(X_valid):
             t_scores[has_teacher] = per_class_scores(
                 truth,
-                self._teacher_log_probs(X_valid, 1.0)[..., 0].exp().cpu().numpy(),
+                np.nan_to_num(self._teacher_class_probs(X_valid)),
                 self.weight_metric,
             )[has_teacher]
         self.teacher_scores_ = t_scores
         self.kd_weights_ = has_teacher.astype(np.float64)
         precomputed = None
         if not self.augment:
-            precomputed = self._teacher_log_probs(X_train, float(self.temperature)).cpu()
+            precomputed = self._teacher_log_probs(X_train, float(self.temperature), y_train)
         self._kd_state_ = {
             "has_teacher": has_teacher,
             "valid": (X_valid, truth),
@@ -657,10 +697,10 @@ default=None
         if state["teacher_lp"] is not None and idx is not None:
             teacher_lp = state["teacher_lp"][idx].to(logits.device)
         else:
-            teacher_lp = self._teacher_log_probs(X, float(self.temperature))
+            teacher_lp = self._teacher_log_probs(X, float(self.temperature), targets.cpu())
         weights = torch.as_tensor(self.kd_weights_, dtype=logits.dtype)
         kd, _ = relational_kd_loss(
-            logits, teacher_lp, weights, float(self.temperature), self.multilabel_
+            logits, teacher_lp, weights, float(self.temperature), self.multilabel_, targets
         )
         self.last_terms_ = {"train_loss_base": base.item(), "train_loss_kd": kd.item()}
         return base + kd

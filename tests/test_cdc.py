@@ -197,6 +197,7 @@ def test_bad_inputs_have_clear_errors(toy):
         ({"reconstruction": "huber"}, "reconstruction must be"),
         ({"alpha": -1.0}, "alpha must be >= 0"),
         ({"class_weight": "bogus"}, "class_weight must be"),
+        ({"decoder_filters": 0}, "decoder_filters must be"),
         ({"device": "tpu"}, "tpu"),
     ]:
         with pytest.raises((ValueError, RuntimeError), match=match):
@@ -248,3 +249,45 @@ def test_short_run_on_ham10000_beats_majority(ham28):
     mf1 = macro_f1(y[test], clf.predict(X[test]))
     majority = macro_f1(y[test], np.full(len(test), np.bincount(y[train]).argmax()))
     assert mf1 > majority + 0.1, (mf1, majority)
+
+
+# ---------------------------------------------------------------- speed / benchmark plumbing
+def test_channels_last_on_cpu_gives_the_same_predictions(toy, monkeypatch):
+    import fewmed.cdc as cdc_module
+
+    X, y = toy
+    fast = CDCClassifier(**SMALL).fit(X, y)
+    conv = next(m for m in fast.module_.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(cdc_module, "_CHANNELS_LAST_ON_CPU", False)
+    plain = CDCClassifier(**SMALL).fit(X, y)
+    np.testing.assert_allclose(fast.predict_proba(X), plain.predict_proba(X), atol=1e-3)
+
+
+def test_cosine_schedule_callback_and_training_only_cap():
+    from fewmed.benchmarks.cdc import _callbacks, _cap_largest
+
+    assert _callbacks("none", 5, 100, 10) == []
+    (name, sched) = _callbacks("cosine", 3, 95, 10)[0]
+    assert name == "lr_scheduler" and sched.kwargs["T_max"] == 30
+    y = np.array([0] * 50 + [1] * 10 + [2] * 5)
+    train = np.arange(65)
+    kept = _cap_largest(train, y, 20, seed=0)
+    assert np.bincount(y[kept]).tolist() == [20, 10, 5]
+    assert set(kept) <= set(train)
+    np.testing.assert_array_equal(_cap_largest(train, y, None, seed=0), train)
+
+
+def test_lr_scheduler_callback_decays_the_learning_rate(toy):
+    from skorch.callbacks import LRScheduler
+    from torch.optim.lr_scheduler import CosineAnnealingLR
+
+    X, y = toy
+    sched = LRScheduler(CosineAnnealingLR, T_max=8, step_every="batch")
+    clf = CDCClassifier(callbacks=[("lr_scheduler", sched)], **SMALL).fit(X, y)
+    # the scheduler drives the optimizer that trains the network (built before callbacks start)
+    assert clf.optimizer_.param_groups[0]["lr"] < 1e-6  # 2 epochs x 4 batches = T_max
+    assert sched.lr_scheduler_.optimizer is clf.optimizer_
+    narrow = CDCClassifier(decoder_filters=3, **SMALL).fit(X, y)
+    convs = [m for m in narrow.decoder_.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [3, 3, 3]

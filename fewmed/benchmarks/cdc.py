@@ -34,30 +34,74 @@ METHODS = {
     "WFL": dict(decoder=False, loss="focal", class_weight="balanced"),
     "CD+FL": dict(twin=False, loss="focal"),
     "CDC+FL": dict(loss="focal"),
+    # not in the default run: CD / CDC on the class-weighted base losses
+    "CD+WCE": dict(twin=False, loss="ce", class_weight="balanced"),
+    "CDC+WCE": dict(loss="ce", class_weight="balanced"),
+    "CDC+WFL": dict(loss="focal", class_weight="balanced"),
 }
+DEFAULT_METHODS = ["CE", "WCE", "CD", "CDC", "FL", "WFL", "CD+FL", "CDC+FL"]
+
+#: Random horizontal / vertical flips only (exact at any size; no interpolation).
+FLIPS = dict(scale=(1.0, 1.0), rotation=0.0, translate=False)
 
 PROFILES = {
-    # 2 CPU cores, < 15 minutes: Conv4-16 at 28 px, 5 epochs per fit, 40 fits
+    # 2 CPU cores, < 15 minutes for 8 methods x 5 folds (40 fits)
     "quick": dict(
-        size=28, module="conv4", n_filters=16, epochs=5, batch_size=128, lr=2e-3, augment=False
+        size=28,
+        module="conv4",
+        n_filters=16,
+        epochs=8,
+        batch_size=128,
+        lr=3e-3,
+        decoder_filters=None,
+        augment="flips",
+        schedule="cosine",
+        nv_cap=None,
     ),
-    # for a GPU: ResNet-10 at 64 px, augmentation, 60 epochs
+    # for a GPU: ResNet-10 at 64 px, full augmentation, 60 epochs
     "full": dict(
-        size=64, module="resnet", n_filters=32, epochs=60, batch_size=64, lr=1e-3, augment=True
+        size=64,
+        module="resnet",
+        n_filters=32,
+        epochs=60,
+        batch_size=64,
+        lr=1e-3,
+        decoder_filters=None,
+        augment="full",
+        schedule="cosine",
+        nv_cap=None,
     ),
 }
+
+AUGMENT = {"none": False, "flips": FLIPS, "full": True}
 
 
 def add_arguments(parser) -> None:
     add_common_arguments(parser, default_out="fewmed_results/cdc")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--max-folds", type=int, default=None, help="run only the first N folds")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--filters", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--alpha", type=float, default=10.0)
     parser.add_argument("--beta", type=float, default=0.2)
+    parser.add_argument(
+        "--reconstruction-weight",
+        default="balanced",
+        choices=["balanced", "sqrt_inverse", "inverse", "none"],
+    )
+    parser.add_argument("--decoder-filters", type=int, default=None)
+    parser.add_argument("--augment", default=None, choices=list(AUGMENT))
+    parser.add_argument("--schedule", default=None, choices=["cosine", "none"])
+    parser.add_argument(
+        "--nv-cap",
+        type=int,
+        default=None,
+        help="keep at most this many images of the largest class in each TRAINING fold "
+        "(test folds are never subsampled); default: no cap",
+    )
 
 
 def _scores(y_true, proba, n_classes) -> dict:
@@ -87,19 +131,54 @@ def _ms(values) -> str:
     return f"{v.mean():.2f} ({v.std():.2f})"
 
 
+def _callbacks(schedule: str, epochs: int, n_train: int, batch_size: int) -> list:
+    """A per-batch cosine learning-rate decay (skorch ``LRScheduler``) or nothing."""
+    if schedule == "none" or epochs < 1:
+        return []
+    from skorch.callbacks import LRScheduler
+    from torch.optim.lr_scheduler import CosineAnnealingLR
+
+    steps = epochs * -(-n_train // batch_size)
+    return [("lr_scheduler", LRScheduler(CosineAnnealingLR, T_max=steps, step_every="batch"))]
+
+
+def _cap_largest(train: np.ndarray, y: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
+    """Training indices with the largest class subsampled to ``cap`` images (training only)."""
+    if cap is None:
+        return train
+    counts = np.bincount(y[train])
+    big = int(counts.argmax())
+    if counts[big] <= cap:
+        return train
+    rng = np.random.default_rng(seed)
+    idx = train[y[train] == big]
+    keep = np.sort(np.concatenate([train[y[train] != big], rng.choice(idx, cap, replace=False)]))
+    return keep
+
+
 def run(args) -> dict:
+    import warnings
+
     import torch
     from sklearn.model_selection import StratifiedGroupKFold
 
     from fewmed import CDCClassifier
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    # skorch's LRScheduler steps the (per-batch) schedule in on_batch_end, after the
+    # optimizer; torch's "step() before optimizer.step()" check misfires on it
+    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
     prof = dict(PROFILES["quick" if args.quick else "full"])
     size = args.size or prof["size"]
-    epochs = args.epochs or prof["epochs"]
+    epochs = prof["epochs"] if args.epochs is None else args.epochs
     filters = args.filters or prof["n_filters"]
     batch_size = args.batch_size or prof["batch_size"]
     lr = args.lr or prof["lr"]
+    augment = args.augment or prof["augment"]
+    dec_filters = args.decoder_filters or prof["decoder_filters"]
+    schedule = args.schedule or prof["schedule"]
+    nv_cap = args.nv_cap if args.nv_cap is not None else prof["nv_cap"]
+    rec_weight = None if args.reconstruction_weight == "none" else args.reconstruction_weight
     bunch, synthetic = load_ham_or_synthetic(
         args.data,
         size=size,
@@ -117,15 +196,26 @@ def run(args) -> dict:
         f"data: {'SYNTHETIC lesions' if synthetic else 'HAM10000'} at {size}px, {len(y)} images, "
         f"counts {dict(zip(names, np.bincount(y).tolist()))}; {args.folds}-fold "
         f"StratifiedGroupKFold on lesions; {prof['module']}-{filters}, {epochs} epochs, "
-        f"batch {batch_size}, lr {lr}, alpha {args.alpha}, beta {args.beta}",
+        f"batch {batch_size}, Adam lr {lr} ({schedule} schedule), augment {augment!r}, "
+        f"alpha {args.alpha}, beta {args.beta}, reconstruction_weight {rec_weight}, "
+        f"decoder_filters {dec_filters}",
         flush=True,
     )
+    if nv_cap is not None:
+        print(
+            f"NOTE: the largest class is subsampled to {nv_cap} images in every TRAINING fold "
+            "(test folds are complete)",
+            flush=True,
+        )
     cv = StratifiedGroupKFold(args.folds, shuffle=True, random_state=args.seed)
     results = {m: [] for m in args.methods}
     curves = {}
     durations = {m: [] for m in args.methods}
     t0 = time.time()
     for fold, (tr, te) in enumerate(cv.split(X, y, groups)):
+        if args.max_folds is not None and fold >= args.max_folds:
+            break
+        tr = _cap_largest(tr, y, nv_cap, args.seed + fold)
         for m in args.methods:
             clf = CDCClassifier(
                 module=prof["module"],
@@ -135,7 +225,10 @@ def run(args) -> dict:
                 lr=lr,
                 alpha=args.alpha,
                 beta=args.beta,
-                augment=prof["augment"],
+                reconstruction_weight=rec_weight,
+                decoder_filters=dec_filters,
+                augment=AUGMENT[augment],
+                callbacks=_callbacks(schedule, epochs, len(tr), batch_size),
                 random_state=args.seed + fold,
                 device=args.device,
                 **METHODS[m],
@@ -163,6 +256,7 @@ def run(args) -> dict:
                     f"[{time.time() - t0:.0f}s]",
                     flush=True,
                 )
+    n_folds = len(next(iter(results.values())))
 
     def agg(m, key, sub=None):
         vals = [r[sub][key] if sub else r[key] for r in results[m]]
@@ -193,7 +287,7 @@ def run(args) -> dict:
     if "CDC" in durations and "CE" in durations and durations["CE"]:
         ratio = float(np.mean(durations["CDC"]) / np.mean(durations["CE"]))
     for title, table in tables.items():
-        print(f"\n{title}, 100 x mean (std) over {args.folds} folds\n{table}")
+        print(f"\n{title}, 100 x mean (std) over {n_folds} folds\n{table}")
     if ratio is not None:
         print(
             f"\nepoch time: CE {np.mean(durations['CE']):.2f}s, CDC "
@@ -227,6 +321,12 @@ def run(args) -> dict:
         "alpha": args.alpha,
         "beta": args.beta,
         "folds": args.folds,
+        "folds_run": n_folds,
+        "augment": augment,
+        "schedule": schedule,
+        "nv_cap": nv_cap,
+        "reconstruction_weight": rec_weight,
+        "decoder_filters": dec_filters,
         "classes": names,
         "results": results,
         "epoch_seconds": {m: float(np.mean(d)) for m, d in durations.items()},

@@ -1,0 +1,734 @@
+"""Reptile: a meta-learned initialization for fine-tuning on small medical datasets.
+
+Hu, Tomczak and Welling, *Meta-Learning for Medical Image Classification* (MIDL
+2018), with Reptile from Nichol and Schulman, *On First-Order Meta-Learning
+Algorithms* (2018). Reptile trains an initialization ``phi`` on N-way K-shot tasks
+of a source domain: for every task of a meta-batch, a few (first-order) steps of
+Adam from ``phi`` give ``phi_i``, then
+
+    phi <- phi + epsilon * mean_i(phi_i - phi),
+
+with ``epsilon`` annealed linearly from ``meta_step_size`` to
+``meta_step_size_final``. Every weight except the classifier head goes to a new
+network, BatchNorm is removed, and the network is fine-tuned on the target set
+(Adam, lr 1e-3, batch 32, early stopping on validation data).
+"""
+
+from __future__ import annotations
+
+import copy
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+from skorch.callbacks import EarlyStopping, EpochScoring
+from skorch.helper import predefined_split
+from torch import nn
+from tqdm.auto import tqdm
+
+from fewmed._meta import FewShotMixin
+from fewmed._skorch import ArrayDataset, ImageNetClassifier, make_augment
+from fewmed._validation import resolve_device
+from fewmed.metrics import quadratic_weighted_kappa
+from fewmed.model_selection import EpisodeSampler
+from fewmed.nn import ReferenceBatchNorm2d, build_backbone
+
+__all__ = ["ReptileInitializer", "reptile_update", "remove_batchnorm"]
+
+
+# --------------------------------------------------------------------------- helpers
+def reptile_update(
+    phi: dict[str, torch.Tensor], task_states: list[dict[str, torch.Tensor]], epsilon: float
+) -> dict[str, torch.Tensor]:
+    """The Reptile outer step ``phi + epsilon * mean_i(phi_i - phi)``.
+
+    Parameters
+    ----------
+    phi : dict of str to Tensor
+        Current initialization (a ``state_dict``).
+    task_states : list of dict
+        Weights after the inner loop of every task of the meta-batch.
+    epsilon : float
+        Outer step size (1 moves ``phi`` to the mean of the task weights).
+
+    Returns
+    -------
+    dict of str to Tensor
+        The new initialization. Integer entries (BatchNorm's batch counter) are
+        taken from the last task.
+
+    Examples
+    --------
+    >>> import torch
+    >>> new = reptile_update({"w": torch.zeros(2)}, [{"w": torch.ones(2)}], 0.5)
+    >>> new["w"].tolist()
+    [0.5, 0.5]
+    """
+    if not task_states:
+        raise ValueError("reptile_update needs at least one task state.")
+    out = {}
+    for k, v in phi.items():
+        if not torch.is_floating_point(v):
+            out[k] = task_states[-1][k].clone()
+            continue
+        mean = torch.stack([s[k] for s in task_states]).mean(0)
+        out[k] = v + epsilon * (mean - v)
+    return out
+
+
+def _is_bn(m: nn.Module) -> bool:
+    return isinstance(m, (nn.modules.batchnorm._BatchNorm, ReferenceBatchNorm2d))
+
+
+def _fold(conv: nn.Conv2d, bn: nn.Module) -> None:
+    """Fold an eval-mode BatchNorm into the convolution before it (in place)."""
+    mean = getattr(bn, "running_mean", None)
+    var = getattr(bn, "running_var", None)
+    if mean is None or var is None:
+        raise ValueError("only BatchNorm with running statistics can be folded; use 'drop'.")
+    scale = bn.weight.detach() / torch.sqrt(var + bn.eps)
+    with torch.no_grad():
+        conv.weight.mul_(scale[:, None, None, None])
+        bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(mean)
+        new_bias = (bias - mean) * scale + bn.bias.detach()
+        conv.bias = nn.Parameter(new_bias.clone())
+
+
+def remove_batchnorm(module: nn.Module, mode: str = "drop") -> nn.Module:
+    """Remove every BatchNorm layer of ``module`` (in place) and return it.
+
+    Parameters
+    ----------
+    module : nn.Module
+    mode : {"drop", "fold"}, default="drop"
+        ``"drop"`` replaces each BatchNorm by an identity (the paper: the
+        convolutions keep their weights, the normalisation is gone). ``"fold"``
+        merges a BatchNorm that follows a convolution into that convolution's
+        weights and bias using its running statistics, so the network computes
+        what it computed in eval mode, without a BatchNorm layer; BatchNorm
+        layers with no convolution before them are dropped.
+
+    Returns
+    -------
+    nn.Module
+
+    Examples
+    --------
+    >>> from fewmed.nn import Conv4
+    >>> net = remove_batchnorm(Conv4(n_classes=2, n_filters=4))
+    >>> any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    False
+    """
+    if mode not in ("drop", "fold"):
+        raise ValueError(f"mode must be 'drop' or 'fold', got {mode!r}.")
+    for parent in list(module.modules()):
+        names = list(parent._modules)
+        for i, name in enumerate(names):
+            child = parent._modules[name]
+            if not _is_bn(child):
+                continue
+            if mode == "fold":
+                prev = None
+                if isinstance(parent, nn.Sequential) and i > 0:
+                    prev = parent._modules[names[i - 1]]
+                elif name.startswith("bn") and f"conv{name[2:]}" in parent._modules:
+                    prev = parent._modules[f"conv{name[2:]}"]
+                if isinstance(prev, nn.Conv2d) and getattr(child, "running_mean", None) is not None:
+                    _fold(prev, child)
+            parent._modules[name] = nn.Identity()
+    return module
+
+
+def _has_bn(module: nn.Module) -> bool:
+    return any(_is_bn(m) for m in module.modules())
+
+
+def _encoded_qwk(net: Any, X: Any, y: Any) -> float:
+    """QWK of argmax codes against label codes (the validation datasets hold codes)."""
+    proba = net.predict_proba(X)
+    return float(quadratic_weighted_kappa(np.asarray(y), proba.argmax(axis=1)))
+
+
+class TransferNet(ImageNetClassifier):
+    """skorch classifier that fine-tunes a copy of a given, already built module.
+
+    ``module`` is an ``nn.Module`` instance (for instance
+    :meth:`ReptileInitializer.init_module`); every ``fit`` starts from a fresh copy
+    of it, so refitting does not continue from the last fit. Everything else is
+    :class:`fewmed._skorch.ImageNetClassifier` (validation, seeded loader,
+    augmentation, ``valid_acc`` / ``valid_f1`` in the history) plus ``valid_qwk``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fewmed.nn import Conv4
+    >>> net = TransferNet(Conv4(n_classes=2, n_filters=4), max_epochs=1, random_state=0)
+    >>> X = np.random.default_rng(0).integers(0, 255, (8, 28, 28, 3), dtype=np.uint8)
+    >>> net.fit(X, np.array([0, 1] * 4)).predict(X[:2]).shape
+    (2,)
+    """
+
+    @property
+    def _default_callbacks(self):
+        cbs = list(super()._default_callbacks)
+        qwk = ("valid_qwk", EpochScoring(_encoded_qwk, name="valid_qwk", lower_is_better=False))
+        cbs.insert(len(cbs) - 1, qwk)
+        return cbs
+
+    def _build_modules(self, info: dict) -> None:
+        if not isinstance(self.module, nn.Module):
+            raise TypeError(f"TransferNet needs an nn.Module instance, got {self.module!r}.")
+        n_out = getattr(self.module, "n_classes", None)
+        if n_out is not None and n_out != info["n_classes"]:
+            raise ValueError(
+                f"the module has {n_out} outputs but y has {info['n_classes']} classes."
+            )
+        self.module_ = copy.deepcopy(self.module).to(self.device)
+
+
+# --------------------------------------------------------------------------- estimator
+class ReptileInitializer(FewShotMixin):
+    """A Reptile-learned initialization, fine-tuned on a small target dataset.
+
+    ``fit(X_source, y_source)`` learns the initialization ``module_`` on the source
+    domain; ``adapt(X, y, X_val=None, y_val=None)`` copies every weight except the
+    head into a network for ``y``'s classes, removes BatchNorm and fine-tunes it;
+    ``predict_proba`` / ``predict`` answer for the adapted task. ``init`` selects
+    the paper's method (``"reptile"``) or one of its two baselines: a random
+    initialization (``"random"``, ``fit`` only records the input shape) and
+    supervised pre-training on all source classes at once (``"supervised"``).
+
+    Parameters
+    ----------
+    init : {"reptile", "random", "supervised"}, default="reptile"
+        How ``fit`` builds the initialization.
+    module : {"conv4", "resnet"} or nn.Module class, default="conv4"
+        Backbone (built with BatchNorm; the paper uses Reptile's Conv4).
+    n_filters : int, default=32
+        Width of the backbone (Reptile's mini-ImageNet Conv4: 32).
+    n_way : int, default=5
+        Classes per meta-training task (paper: 5-way).
+    n_shot : int, default=5
+        Images per class of a meta-training task (paper: 5-shot), and the
+        support size of ``score``'s episodes.
+    n_query : int, default=15
+        Query images per class of ``score``'s episodes.
+    meta_batch_size : int, default=5
+        Tasks per outer step (Reptile, mini-ImageNet: 5).
+    n_iterations : int, default=1000
+        Outer steps (Reptile: 100,000 on a GPU).
+    meta_step_size : float, default=1.0
+        Initial outer step size ``epsilon`` (Reptile: 1.0).
+    meta_step_size_final : float, default=0.0
+        ``epsilon`` at the last iteration; linear annealing in between.
+    inner_lr : float, default=1e-3
+        Adam learning rate of the inner loop (Reptile: 1e-3).
+    inner_beta1 : float, default=0.0
+        Adam's ``beta1`` in the inner loop (Reptile: 0).
+    n_inner_steps : int, default=8
+        Inner Adam steps per task (Reptile, mini-ImageNet: 8).
+    inner_batch_size : int, default=10
+        Images per inner step, drawn without replacement from the task (Reptile: 10).
+    pretrain_epochs : int, default=30
+        Maximum epochs of ``init="supervised"`` (early stopping on a stratified
+        ``validation_fraction`` of the source, best weights restored).
+    remove_batchnorm : bool or {"drop", "fold"}, default=True
+        Remove BatchNorm from the network that is adapted (paper). ``True`` or
+        ``"drop"`` replaces it by an identity, ``"fold"`` merges it into the
+        preceding convolution (same function, no BatchNorm layer), ``False``
+        keeps it.
+    fine_tune : {"auto", "few-shot", "full"}, default="auto"
+        How ``adapt`` trains. ``"few-shot"``: ``n_adapt_steps`` inner-loop steps on
+        the support set. ``"full"``: skorch training with Adam (``lr``,
+        betas 0.9/0.999), batches of ``batch_size``, ``EarlyStopping`` on
+        validation data with the best weights restored. ``"auto"``: ``"full"``
+        when validation data is passed or every class has more than
+        ``2 * n_shot`` images, else ``"few-shot"``.
+    n_adapt_steps : int, default=50
+        Steps of the few-shot adaptation (Reptile's evaluation: 50).
+    lr : float, default=1e-3
+        Adam learning rate of the full fine-tuning (paper: 1e-3).
+    batch_size : int, default=32
+        Batch size of the full fine-tuning (paper: 32).
+    max_epochs : int, default=100
+        Maximum epochs of the full fine-tuning.
+    patience : int, default=10
+        Epochs without improvement of ``monitor`` before stopping.
+    monitor : {"valid_loss", "valid_qwk", "valid_acc"}, default="valid_loss"
+        Validation score that early stopping follows.
+    validation_fraction : float, default=0.1
+        Stratified share of the training data held out for early stopping when
+        ``adapt`` (or ``init="supervised"``) gets no validation data.
+    augment : bool, dict or Augment, default=False
+        Random scaling, rotation and flips while meta-training, pre-training and
+        fine-tuning.
+    n_score_tasks : int, default=100
+        Episodes drawn by ``score``.
+    device : str, default="cpu"
+        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the weights, the tasks, the head and the fine-tuning (no global RNG).
+    verbose : int, default=1
+        Progress bar while meta-training when > 0.
+
+    Attributes
+    ----------
+    module_ : nn.Module
+        The initialization (with BatchNorm and an ``n_way`` head, or the source
+        head for ``init="supervised"``).
+    history_ : list of dict
+        Per outer step (``init="reptile"``): ``iteration``, ``epsilon`` and
+        ``task_loss`` (mean inner-loop loss); per epoch of pre-training
+        (``init="supervised"``); empty for ``init="random"``.
+    n_iter_ : int
+        Outer steps done.
+    train_classes_ : ndarray
+        Source classes.
+    input_shape_ : tuple
+        ``(C, H, W)`` of the source images; targets must match it.
+    classes_ : ndarray
+        Labels of the task given to ``adapt`` (absent before).
+    adapted_module_ : nn.Module
+        The fine-tuned network (absent before ``adapt``).
+    net_ : TransferNet or None
+        The skorch net of the last full fine-tuning (its ``history`` has
+        ``train_loss``, ``valid_loss``, ``valid_acc``, ``valid_qwk`` per epoch);
+        ``None`` after a few-shot adaptation.
+
+    Examples
+    --------
+    >>> from fewmed.datasets import make_synthetic_lesions
+    >>> d = make_synthetic_lesions(n_classes=6, n_per_class=30, size=16, random_state=0)
+    >>> src, tgt = d.target < 3, d.target >= 3
+    >>> rep = ReptileInitializer(n_way=3, n_filters=8, n_iterations=3, max_epochs=2,
+    ...                          verbose=0, random_state=0)
+    >>> rep = rep.fit(d.images[src], d.target[src])
+    >>> rep = rep.adapt(d.images[tgt], d.target[tgt])
+    >>> rep.predict_proba(d.images[tgt][:2]).shape
+    (2, 3)
+    """
+
+    _parameter_constraints: dict = {
+        "init": [StrOptions({"reptile", "random", "supervised"})],
+        "n_filters": [Interval(Integral, 1, None, closed="left")],
+        "n_way": [Interval(Integral, 2, None, closed="left")],
+        "n_shot": [Interval(Integral, 1, None, closed="left")],
+        "n_query": [Interval(Integral, 0, None, closed="left")],
+        "meta_batch_size": [Interval(Integral, 1, None, closed="left")],
+        "n_iterations": [Interval(Integral, 0, None, closed="left")],
+        "meta_step_size": [Interval(Real, 0, None, closed="left")],
+        "meta_step_size_final": [Interval(Real, 0, None, closed="left")],
+        "inner_lr": [Interval(Real, 0, None, closed="neither")],
+        "inner_beta1": [Interval(Real, 0, 1, closed="left")],
+        "n_inner_steps": [Interval(Integral, 1, None, closed="left")],
+        "inner_batch_size": [Interval(Integral, 1, None, closed="left")],
+        "pretrain_epochs": [Interval(Integral, 0, None, closed="left")],
+        "remove_batchnorm": ["boolean", StrOptions({"drop", "fold"})],
+        "fine_tune": [StrOptions({"auto", "few-shot", "full"})],
+        "n_adapt_steps": [Interval(Integral, 0, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "patience": [Interval(Integral, 1, None, closed="left")],
+        "monitor": [StrOptions({"valid_loss", "valid_qwk", "valid_acc"})],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_score_tasks": [Interval(Integral, 1, None, closed="left")],
+        "verbose": ["verbose"],
+        "random_state": ["random_state"],
+    }
+
+    _adapted_attrs = ("classes_", "adapted_module_", "net_")
+
+    def __init__(
+        self,
+        *,
+        init="reptile",
+        module="conv4",
+        n_filters=32,
+        n_way=5,
+        n_shot=5,
+        n_query=15,
+        meta_batch_size=5,
+        n_iterations=1000,
+        meta_step_size=1.0,
+        meta_step_size_final=0.0,
+        inner_lr=1e-3,
+        inner_beta1=0.0,
+        n_inner_steps=8,
+        inner_batch_size=10,
+        pretrain_epochs=30,
+        remove_batchnorm=True,
+        fine_tune="auto",
+        n_adapt_steps=50,
+        lr=1e-3,
+        batch_size=32,
+        max_epochs=100,
+        patience=10,
+        monitor="valid_loss",
+        validation_fraction=0.1,
+        augment=False,
+        n_score_tasks=100,
+        device="cpu",
+        random_state=None,
+        verbose=1,
+    ):
+        self.init = init
+        self.module = module
+        self.n_filters = n_filters
+        self.n_way = n_way
+        self.n_shot = n_shot
+        self.n_query = n_query
+        self.meta_batch_size = meta_batch_size
+        self.n_iterations = n_iterations
+        self.meta_step_size = meta_step_size
+        self.meta_step_size_final = meta_step_size_final
+        self.inner_lr = inner_lr
+        self.inner_beta1 = inner_beta1
+        self.n_inner_steps = n_inner_steps
+        self.inner_batch_size = inner_batch_size
+        self.pretrain_epochs = pretrain_epochs
+        self.remove_batchnorm = remove_batchnorm
+        self.fine_tune = fine_tune
+        self.n_adapt_steps = n_adapt_steps
+        self.lr = lr
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.monitor = monitor
+        self.validation_fraction = validation_fraction
+        self.augment = augment
+        self.n_score_tasks = n_score_tasks
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ----------------------------------------------------------------- fit
+    def _build(self, n_classes: int, seed: int) -> nn.Module:
+        c, h, w = self.input_shape_
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = build_backbone(
+                self.module,
+                in_channels=c,
+                input_shape=(h, w),
+                n_classes=n_classes,
+                n_filters=self.n_filters,
+                norm="batch",
+            )
+        return module.to(resolve_device(self.device))
+
+    def fit(self, X, y=None):
+        """Learn the initialization on the source domain.
+
+        Parameters
+        ----------
+        X : array-like of images or TaskDistribution
+            Source images, ``(n, H, W[, C])`` uint8 or ``(n, C, H, W)`` float.
+        y : array-like of shape (n,), default=None
+            Source labels (omit with a ``TaskDistribution``).
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        Xt, y = self._validate_fit_input(X, y)
+        for a in self._adapted_attrs:
+            if hasattr(self, a):
+                delattr(self, a)
+        rs = check_random_state(self.random_state)
+        self.seed_ = int(rs.randint(2**31 - 1))
+        self.history_ = []
+        self.n_iter_ = 0
+        if self.init == "reptile":
+            n_way, n_shot, _ = self.task_shape_
+            EpisodeSampler(n_way, n_shot, 0).check(y)
+            self.module_ = self._build(n_way, self.seed_)
+            self._meta_train(torch.from_numpy(Xt), y)
+        elif self.init == "supervised":
+            self._pretrain(Xt, y)
+        else:
+            self.module_ = self._build(self.task_shape_[0], self.seed_)
+        return self
+
+    def _epsilon(self, it: int) -> float:
+        frac = it / max(self.n_iterations, 1)
+        return frac * self.meta_step_size_final + (1 - frac) * self.meta_step_size
+
+    def _inner_optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=self.inner_lr, betas=(self.inner_beta1, 0.999))
+
+    def _train_task(
+        self,
+        model: nn.Module,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        steps: int,
+        gen: torch.Generator,
+        aug=None,
+    ) -> float:
+        """``steps`` Adam steps on mini-batches of ``(X, y)`` (in place); mean loss."""
+        opt = self._inner_optimizer(model.parameters())
+        n, bs = len(X), min(self.inner_batch_size, len(X))
+        order, pos, losses = torch.randperm(n, generator=gen), 0, []
+        for _ in range(steps):
+            if pos + bs > n:
+                order, pos = torch.randperm(n, generator=gen), 0
+            idx = order[pos : pos + bs]
+            pos += bs
+            xb = X[idx]
+            if aug is not None:
+                xb = aug(xb, generator=gen)
+            loss = F.cross_entropy(model(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def _meta_train(self, X: torch.Tensor, y: np.ndarray) -> None:
+        n_way, n_shot, _ = self.task_shape_
+        device = next(self.module_.parameters()).device
+        sampler = EpisodeSampler(n_way, n_shot, 0, random_state=np.random.default_rng(self.seed_))
+        episodes = sampler.sample(y)
+        gen = torch.Generator().manual_seed(self.seed_)
+        aug = make_augment(self.augment)
+        worker = copy.deepcopy(self.module_)
+        worker.train()
+        bar = tqdm(
+            range(self.n_iterations),
+            disable=self.verbose <= 0,
+            desc="reptile",
+            leave=False,
+        )
+        for it in bar:
+            phi = {k: v.detach().clone() for k, v in self.module_.state_dict().items()}
+            states, losses = [], []
+            for _ in range(self.meta_batch_size):
+                ep = next(episodes)
+                worker.load_state_dict(phi)
+                xs = X[ep.support_idx].to(device)
+                ys = torch.as_tensor(ep.support_y, dtype=torch.long, device=device)
+                losses.append(self._train_task(worker, xs, ys, self.n_inner_steps, gen, aug))
+                states.append({k: v.detach().clone() for k, v in worker.state_dict().items()})
+            eps = self._epsilon(it)
+            self.module_.load_state_dict(reptile_update(phi, states, eps))
+            if not all(torch.isfinite(p).all() for p in self.module_.parameters()):
+                raise FloatingPointError(
+                    f"Reptile diverged at iteration {it}; lower inner_lr or meta_step_size."
+                )
+            self.n_iter_ = it + 1
+            self.history_.append({"iteration": it, "epsilon": eps, "task_loss": np.mean(losses)})
+            if self.verbose > 0 and it % 10 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses):.3f}")
+        bar.close()
+
+    def _pretrain(self, Xt: np.ndarray, y: np.ndarray) -> None:
+        classes, codes = np.unique(y, return_inverse=True)
+        module = self._build(len(classes), self.seed_)
+        if self.pretrain_epochs == 0:
+            self.module_ = module
+            return
+        net = self._fine_tune(module, Xt, codes, None, None, self.pretrain_epochs, self.seed_ + 1)
+        self.module_ = net.module_
+        self.history_ = [
+            {k: v for k, v in row.items() if k != "batches"} for row in net.history.to_list()
+        ]
+
+    # --------------------------------------------------------------- export
+    def _transfer(self, n_classes: int, seed: int) -> nn.Module:
+        model = copy.deepcopy(self.module_)
+        model.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model.reset_head(n_classes)
+        if self.remove_batchnorm:
+            mode = "drop" if self.remove_batchnorm is True else self.remove_batchnorm
+            remove_batchnorm(model, mode)
+        return model
+
+    def init_module(self, n_classes: int, *, random_state: int | None = None) -> nn.Module:
+        """A new network for ``n_classes`` starting from the learned initialization.
+
+        Every weight but the head is copied from ``module_``; the head is new
+        (seeded); BatchNorm is removed as ``remove_batchnorm`` says. Pass it as
+        the ``module`` of a plain :class:`skorch.NeuralNetClassifier`.
+
+        Parameters
+        ----------
+        n_classes : int
+            Outputs of the new head.
+        random_state : int or None, default=None
+            Seed of the head (default: derived from the estimator's ``random_state``).
+
+        Returns
+        -------
+        nn.Module
+
+        Examples
+        --------
+        >>> from fewmed.datasets import make_synthetic_lesions
+        >>> d = make_synthetic_lesions(n_classes=3, n_per_class=20, size=16, random_state=0)
+        >>> rep = ReptileInitializer(init="random", n_way=3, n_filters=8, verbose=0)
+        >>> rep.fit(d.images, d.target).init_module(4).head.out_features
+        4
+        """
+        check_is_fitted(self, "module_")
+        if not isinstance(n_classes, Integral) or n_classes < 2:
+            raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}.")
+        seed = self._adapt_seed() if random_state is None else int(random_state)
+        return self._transfer(int(n_classes), seed)
+
+    def _adapt_seed(self) -> int:
+        """Seed of the head and the fine-tuning, drawn from ``random_state`` at each call."""
+        return int(check_random_state(self.random_state).randint(2**31 - 5))
+
+    # --------------------------------------------------------------- adapt
+    def _fine_tune(self, module, X, codes, X_val, y_val, max_epochs, seed) -> TransferNet:
+        """Fit a :class:`TransferNet` with early stopping on ``(X_val, y_val)`` (or a hold-out)."""
+        if X_val is None:
+            tr, va = _stratified_holdout(codes, self.validation_fraction, seed)
+            X_val, y_val, X, codes = X[va], codes[va], X[tr], codes[tr]
+        valid = ArrayDataset(X_val, y_val)
+        n_classes = int(max(codes.max(), y_val.max())) + 1
+        net = TransferNet(
+            module,
+            lr=self.lr,
+            optimizer__betas=(0.9, 0.999),
+            batch_size=self.batch_size,
+            max_epochs=max_epochs,
+            classes=list(range(n_classes)),
+            train_split=predefined_split(valid),
+            callbacks=[
+                (
+                    "early_stopping",
+                    EarlyStopping(
+                        monitor=self.monitor,
+                        patience=self.patience,
+                        lower_is_better=self.monitor == "valid_loss",
+                        load_best=True,
+                    ),
+                )
+            ],
+            augment=self.augment,
+            device=str(resolve_device(self.device)),
+            random_state=seed,
+            verbose=0,
+        )
+        return net.fit(X, codes)
+
+    def adapt(self, X, y, X_val=None, y_val=None):
+        """Transfer the initialization to ``y``'s classes and fine-tune it.
+
+        Parameters
+        ----------
+        X : array-like of images
+            Target training images, of the source's ``(C, H, W)``.
+        y : array-like of shape (n,)
+            Their labels (any values); ``classes_`` becomes ``unique(y)``.
+        X_val, y_val : array-like, default=None
+            Validation data for early stopping (labels among ``classes_``). Without
+            them a stratified ``validation_fraction`` of ``(X, y)`` is held out.
+
+        Returns
+        -------
+        self
+        """
+        if X_val is None and y_val is None and self.fine_tune != "full":
+            counts = np.unique(np.asarray(y), return_counts=True)[1] if y is not None else [0]
+            if self.fine_tune == "few-shot" or min(counts) <= 2 * self.n_shot:
+                self._mode = "few-shot"
+                try:
+                    return super().adapt(X, y)
+                finally:
+                    del self._mode
+        if (X_val is None) != (y_val is None):
+            raise ValueError("pass both X_val and y_val, or neither.")
+        self._mode = "full"
+        self._val = X_val, y_val
+        try:
+            return super().adapt(X, y)
+        finally:
+            del self._mode, self._val
+
+    def _adapt(self, Xs: torch.Tensor, ys: torch.Tensor) -> None:
+        n_classes = len(self.classes_)
+        mode = getattr(self, "_mode", "few-shot")
+        seed = self._adapt_seed()
+        model = self._transfer(n_classes, seed)
+        if mode == "few-shot":
+            self.net_ = None
+            device = next(model.parameters()).device
+            gen = torch.Generator().manual_seed(seed + 1)
+            model.train()
+            with torch.enable_grad():
+                self._train_task(
+                    model,
+                    Xs.to(device),
+                    ys.to(device),
+                    self.n_adapt_steps,
+                    gen,
+                    make_augment(self.augment),
+                )
+            self.adapted_module_ = model.eval()
+            return
+        X_val, y_val = self._val
+        codes = ys.numpy()
+        if X_val is not None:
+            Xv = self._check_X(X_val, name="X_val").numpy()
+            yv = np.asarray(y_val)
+            if yv.ndim != 1 or len(yv) != len(Xv):
+                raise ValueError(
+                    f"y_val must be 1-D with one label per image; got shape {yv.shape} for "
+                    f"{len(Xv)} images."
+                )
+            unknown = ~np.isin(yv, self.classes_)
+            if unknown.any():
+                raise ValueError(
+                    f"y_val has labels {np.unique(yv[unknown]).tolist()} that are not in y's "
+                    f"classes {self.classes_.tolist()}."
+                )
+            yv = np.searchsorted(self.classes_, yv)
+        else:
+            Xv = yv = None
+        net = self._fine_tune(model, Xs.numpy(), codes, Xv, yv, self.max_epochs, seed + 2)
+        self.net_ = net
+        self.adapted_module_ = net.module_.eval()
+
+    def _predict_logits(self, X: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+        check_is_fitted(self, "adapted_module_")
+        model = self.adapted_module_
+        device = next(model.parameters()).device
+        model.eval()
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(X), batch_size):
+                out.append(model(X[i : i + batch_size].to(device)).cpu())
+        return torch.cat(out).numpy()
+
+
+def _stratified_holdout(
+    codes: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split: ``round(fraction * n_c)`` of every class to validation."""
+    rng = np.random.default_rng(seed)
+    train, valid = [], []
+    for c in np.unique(codes):
+        idx = rng.permutation(np.flatnonzero(codes == c))
+        k = int(round(fraction * len(idx)))
+        k = min(k, len(idx) - 1)
+        valid.append(idx[:k])
+        train.append(idx[k:])
+    valid_idx = np.sort(np.concatenate(valid))
+    if len(valid_idx) == 0:
+        raise ValueError(
+            f"the validation split is empty: validation_fraction={fraction} of {len(codes)} "
+            "images rounds to 0 in every class. Pass X_val and y_val, raise "
+            "validation_fraction, or use fine_tune='few-shot'."
+        )
+    return np.sort(np.concatenate(train)), valid_idx

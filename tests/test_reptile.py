@@ -1,0 +1,259 @@
+"""ReptileInitializer: the outer update, BatchNorm removal, early stopping, QWK, errors."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import cohen_kappa_score
+from sklearn.model_selection import GridSearchCV
+from skorch import NeuralNetClassifier
+
+from fewmed import ReptileInitializer
+from fewmed.datasets import load_medmnist, make_synthetic_lesions
+from fewmed.metrics import quadratic_weighted_kappa, qwk_scorer
+from fewmed.reptile import TransferNet, remove_batchnorm, reptile_update
+
+FAST = dict(
+    n_filters=8,
+    n_way=3,
+    n_shot=4,
+    n_iterations=4,
+    meta_batch_size=2,
+    n_inner_steps=2,
+    inner_batch_size=6,
+    pretrain_epochs=2,
+    max_epochs=3,
+    patience=2,
+    n_adapt_steps=3,
+    n_query=4,
+    n_score_tasks=3,
+    verbose=0,
+    random_state=0,
+)
+
+
+@pytest.fixture(scope="module")
+def lesions():
+    d = make_synthetic_lesions(n_classes=6, n_per_class=30, size=16, random_state=0)
+    src = d.target < 3
+    return (d.images[src], d.target[src]), (d.images[~src], d.target[~src])
+
+
+@pytest.fixture(scope="module")
+def fitted(lesions):
+    (Xs, ys), _ = lesions
+    return ReptileInitializer(**FAST).fit(Xs, ys)
+
+
+def _bn_layers(module):
+    from fewmed.nn import ReferenceBatchNorm2d
+
+    kinds = (torch.nn.modules.batchnorm._BatchNorm, ReferenceBatchNorm2d)
+    return [m for m in module.modules() if isinstance(m, kinds)]
+
+
+# ----------------------------------------------------------------- the outer update
+def test_reptile_update_equation():
+    phi = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    tasks = [
+        {"w": torch.tensor([3.0, 2.0]), "n": torch.tensor(5)},
+        {"w": torch.tensor([1.0, 6.0]), "n": torch.tensor(5)},
+    ]
+    new = reptile_update(phi, tasks, 0.5)
+    # mean(phi_i - phi) = [1, 2]
+    torch.testing.assert_close(new["w"], torch.tensor([1.5, 3.0]))
+    assert int(new["n"]) == 5
+
+
+def test_fit_outer_step_is_phi_plus_eps_mean(lesions, monkeypatch):
+    """One meta-iteration of fit moves phi by epsilon * mean(phi_task - phi)."""
+    (Xs, ys), _ = lesions
+    params = {**FAST, "meta_step_size": 0.3, "meta_batch_size": 3}
+    phi0 = ReptileInitializer(**{**params, "n_iterations": 0}).fit(Xs, ys).module_.state_dict()
+    phi0 = {k: v.clone() for k, v in phi0.items()}
+    recorded = []
+    original = ReptileInitializer._train_task
+
+    def spy(self, model, *args, **kwargs):
+        loss = original(self, model, *args, **kwargs)
+        recorded.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return loss
+
+    monkeypatch.setattr(ReptileInitializer, "_train_task", spy)
+    rep = ReptileInitializer(**{**params, "n_iterations": 1}).fit(Xs, ys)
+    assert len(recorded) == 3
+    for k, v in rep.module_.state_dict().items():
+        if not torch.is_floating_point(v):
+            continue
+        expected = phi0[k] + 0.3 * torch.stack([s[k] - phi0[k] for s in recorded]).mean(0)
+        torch.testing.assert_close(v, expected, rtol=1e-5, atol=1e-6)
+    assert rep.history_[0]["epsilon"] == pytest.approx(0.3)
+
+
+def test_epsilon_is_annealed_linearly(lesions):
+    (Xs, ys), _ = lesions
+    rep = ReptileInitializer(**{**FAST, "meta_step_size": 1.0, "meta_step_size_final": 0.2})
+    rep.fit(Xs, ys)
+    eps = [h["epsilon"] for h in rep.history_]
+    np.testing.assert_allclose(eps, [1.0, 0.8, 0.6, 0.4])
+
+
+# ----------------------------------------------------------------- BatchNorm removal
+@pytest.mark.parametrize("mode", [True, "drop", "fold"])
+def test_no_batchnorm_after_removal(fitted, lesions, mode):
+    _, (Xt, yt) = lesions
+    assert _bn_layers(fitted.module_)  # the initialization keeps its BatchNorm
+    rep = clone(fitted).set_params(remove_batchnorm=mode).fit(*lesions[0])
+    rep.adapt(Xt, yt)
+    assert _bn_layers(rep.adapted_module_) == []
+    assert _bn_layers(rep.init_module(4)) == []
+    assert _bn_layers(rep.module_)  # untouched
+
+
+def test_keep_batchnorm_when_asked(fitted, lesions):
+    rep = clone(fitted).set_params(remove_batchnorm=False).fit(*lesions[0])
+    assert _bn_layers(rep.init_module(2))
+
+
+def test_fold_preserves_the_function():
+    from fewmed.nn import Conv4, ResNet
+
+    for net in (Conv4(n_classes=3, n_filters=4), ResNet(n_classes=3, n_filters=4)):
+        net.train()
+        net(torch.rand(16, 3, 28, 28))  # move the running statistics
+        net.eval()
+        x = torch.rand(5, 3, 28, 28)
+        before = net(x)
+        after = remove_batchnorm(net, "fold")(x)
+        assert _bn_layers(net) == []
+        torch.testing.assert_close(before, after, rtol=1e-4, atol=1e-5)
+
+
+# ----------------------------------------------------------------- fine-tuning
+def test_early_stopping_restores_best_weights(fitted, lesions):
+    _, (Xt, yt) = lesions
+    Xv, yv = Xt[::3], yt[::3]
+    rep = clone(fitted).set_params(max_epochs=8, patience=3, lr=5e-3).fit(*lesions[0])
+    rep.adapt(Xt, yt, X_val=Xv, y_val=yv)
+    hist = rep.net_.history
+    best = min(hist[:, "valid_loss"])
+    # the restored weights give the best validation loss of the history
+    proba = rep.predict_proba(Xv)
+    codes = np.searchsorted(rep.classes_, yv)
+    loss = -np.log(proba[np.arange(len(codes)), codes]).mean()
+    assert loss == pytest.approx(best, rel=1e-4)
+    assert rep.net_.callbacks_ and "early_stopping" in dict(rep.net_.callbacks_)
+
+
+def test_validation_split_is_used_without_val_data(fitted, lesions):
+    _, (Xt, yt) = lesions
+    rep = clone(fitted).set_params(fine_tune="full").fit(*lesions[0]).adapt(Xt, yt)
+    assert "valid_loss" in rep.net_.history[-1]
+    assert rep.net_.history[-1, "valid_qwk"] is not None
+
+
+def test_any_labels_and_few_shot(fitted, lesions):
+    _, (Xt, yt) = lesions
+    names = np.array(["mild", "none", "severe"])[yt - 3]
+    rep = clone(fitted).fit(*lesions[0]).adapt(Xt, names)
+    assert list(rep.classes_) == ["mild", "none", "severe"]
+    assert set(rep.predict(Xt)) <= set(names)
+    # a few images per class: a few-shot adaptation (no skorch net)
+    few = np.concatenate([np.flatnonzero(names == c)[:3] for c in rep.classes_])
+    rep.adapt(Xt[few], names[few])
+    assert rep.net_ is None
+    np.testing.assert_allclose(rep.predict_proba(Xt).sum(1), 1.0)
+    assert 0.0 <= rep.score(Xt, yt) <= 1.0
+
+
+@pytest.mark.parametrize("init", ["random", "supervised"])
+def test_baselines(lesions, init):
+    (Xs, ys), (Xt, yt) = lesions
+    rep = ReptileInitializer(**{**FAST, "init": init}).fit(Xs, ys).adapt(Xt, yt)
+    assert rep.predict(Xt).shape == yt.shape
+    if init == "supervised":
+        assert rep.module_.head.out_features == 3 and len(rep.history_) >= 1
+
+
+def test_export_to_plain_skorch(fitted, lesions):
+    _, (Xt, yt) = lesions
+    from fewmed._validation import check_images
+
+    X = check_images(Xt)
+    net = NeuralNetClassifier(
+        fitted.init_module(3), max_epochs=1, lr=1e-3, optimizer=torch.optim.Adam, train_split=None
+    )
+    net.fit(X, (yt - 3).astype(np.int64))
+    assert net.predict_proba(X).shape == (len(X), 3)
+    ref = fitted.module_.features[0].weight
+    torch.testing.assert_close(fitted.init_module(3).features[0].weight, ref)
+
+
+# ----------------------------------------------------------------- errors
+def test_clear_errors(fitted, lesions):
+    _, (Xt, yt) = lesions
+    rep = clone(fitted).fit(*lesions[0])
+    with pytest.raises(ValueError, match="single class"):
+        rep.adapt(Xt[:20], np.zeros(20))
+    with pytest.raises(ValueError, match="validation split is empty"):
+        rep.set_params(fine_tune="full", validation_fraction=0.01).adapt(Xt, yt)
+    rep.set_params(fine_tune="auto")
+    with pytest.raises(ValueError, match=r"shape \(C, H, W\)"):
+        rep.adapt(np.zeros((30, 20, 20, 3), dtype=np.uint8), np.arange(30) % 3)
+    with pytest.raises(ValueError, match="X_val and y_val"):
+        rep.adapt(Xt, yt, X_val=Xt)
+    with pytest.raises(ValueError, match="not in y's classes"):
+        rep.adapt(Xt, yt, X_val=Xt[:4], y_val=np.array([9, 3, 4, 5]))
+    with pytest.raises(NotFittedError):
+        ReptileInitializer().predict(Xt)
+    with pytest.raises(NotFittedError, match="not adapted"):
+        clone(fitted).fit(*lesions[0]).predict(Xt)
+    with pytest.raises(ValueError, match="init"):
+        ReptileInitializer(init="imagenet").fit(*lesions[0])
+
+
+# ----------------------------------------------------------------- sklearn contract
+def test_pickle_round_trip_and_reproducibility(fitted, lesions):
+    _, (Xt, yt) = lesions
+    a = clone(fitted).fit(*lesions[0]).adapt(Xt, yt)
+    b = pickle.loads(pickle.dumps(a))
+    np.testing.assert_array_equal(a.predict_proba(Xt), b.predict_proba(Xt))
+    state = torch.random.get_rng_state()
+    c = clone(fitted).fit(*lesions[0]).adapt(Xt, yt)
+    assert torch.equal(state, torch.random.get_rng_state())  # no global RNG used
+    np.testing.assert_array_equal(a.predict_proba(Xt), c.predict_proba(Xt))
+    assert clone(fitted).get_params() == fitted.get_params()
+
+
+# ----------------------------------------------------------------- QWK
+def test_qwk_agrees_with_sklearn_and_scores_grid_search(fitted, lesions):
+    rng = np.random.default_rng(0)
+    t, p = rng.integers(0, 5, 200), rng.integers(0, 5, 200)
+    assert quadratic_weighted_kappa(t, p) == pytest.approx(
+        cohen_kappa_score(t, p, weights="quadratic")
+    )
+    _, (Xt, yt) = lesions
+    grid = GridSearchCV(
+        TransferNet(fitted.init_module(3), max_epochs=1, random_state=0),
+        {"lr": [1e-3, 3e-3]},
+        scoring=qwk_scorer,
+        cv=2,
+    )
+    grid.fit(Xt, yt)
+    assert np.isfinite(grid.best_score_)
+
+
+# ----------------------------------------------------------------- real data
+def test_real_retinamnist_beats_majority(retina_npz):
+    retina = load_medmnist(retina_npz)
+    tr, va, te = retina.train, retina.val, retina.test
+    rep = ReptileInitializer(
+        init="random", n_filters=16, max_epochs=15, patience=4, verbose=0, random_state=0
+    )
+    rep.fit(tr.images, tr.target).adapt(tr.images, tr.target, X_val=va.images, y_val=va.target)
+    qwk = quadratic_weighted_kappa(te.target, rep.predict(te.images))
+    majority = np.full_like(te.target, np.bincount(tr.target).argmax())
+    assert qwk > quadratic_weighted_kappa(te.target, majority) + 0.1
