@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != modname:
                 raise
             continue
-        bp = bsub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
+        summary = (mod.__doc__ or "").strip().splitlines()[0].replace("%", "%%")
+        bp = bsub.add_parser(name, help=summary, description=summary)
         mod.add_arguments(bp)
         bp.set_defaults(func=mod.run)
     return parser

@@ -17,6 +17,16 @@ def test_datasets_command(capsys, tmp_path):
     assert "ham10000" in out and "retinamnist" in out and str(tmp_path) in out
 
 
+@pytest.mark.parametrize("name", ["daml", "cdc", "rskd", "reptile", "inner-loop"])
+def test_benchmark_help(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["benchmark", name, "--help"])
+    assert exc.value.code == 0
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--help"])
+    assert name in capsys.readouterr().out
+
+
 def test_daml_benchmark_smoke_on_synthetic(capsys, tmp_path):
     args = [
         "benchmark",

@@ -126,3 +126,20 @@ def test_map_and_frequency_groups():
     assert res == {"head": 1.0, "medium": 1.0, "tail": 1.0, "total": 1.0}
     Y = np.array([[1, 0], [0, 1], [1, 1]])
     assert mean_average_precision(Y, np.array([[0.9, 0.1], [0.1, 0.9], [0.8, 0.7]])) == 1.0
+
+
+def test_ham10000_grouped_splits_never_leak_a_lesion(ham28):
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    y, groups = ham28.target, ham28.groups
+    tr, te = grouped_train_test_split(
+        np.arange(len(y)), groups=groups, stratify=y, test_size=0.2, random_state=0
+    )
+    check_group_leak(groups, tr, te)
+    assert set(y[te]) == set(range(7))  # every disease on both sides
+    for tr, te in StratifiedGroupKFold(5, shuffle=True, random_state=0).split(y, y, groups):
+        check_group_leak(groups, tr, te)
+    names = np.asarray(ham28.target_names)[y]
+    cv = LeaveClassesOut(test_classes=["akiec", "vasc", "df"])
+    ((tr, te),) = cv.split(ham28.images, names)
+    assert set(names[tr]) == {"nv", "mel", "bkl", "bcc"} and len(te) == 327 + 142 + 115
