@@ -25,8 +25,15 @@ X_common, y_common = data.images[common], names[common]
 X_rare, y_rare = data.images[~common], names[~common]
 
 # %% Meta-train (a short run; the paper uses 3000 iterations with the switch at 1500)
-daml = DAMLClassifier(n_filters=32, n_iterations=300, difficulty_start=150, n_inner_steps=3,
-                      eta=5, random_state=0, verbose=1)
+daml = DAMLClassifier(
+    n_filters=32,
+    n_iterations=300,
+    difficulty_start=150,
+    n_inner_steps=3,
+    eta=5,
+    random_state=0,
+    verbose=1,
+)
 daml.fit(X_common, y_common)
 
 # %% Adapt to one 5-shot task of two rare diseases and predict its query images
@@ -40,8 +47,15 @@ print("5-shot AUC on rare classes:", daml.score_episodes(X_rare, y_rare, n_tasks
 
 # %% Choose eta on class-disjoint splits of the common classes (small budget)
 search = GridSearchCV(
-    DAMLClassifier(n_filters=16, n_iterations=60, difficulty_start=30, n_inner_steps=2,
-                   n_score_tasks=20, random_state=0, verbose=0),
+    DAMLClassifier(
+        n_filters=16,
+        n_iterations=60,
+        difficulty_start=30,
+        n_inner_steps=2,
+        n_score_tasks=20,
+        random_state=0,
+        verbose=0,
+    ),
     {"eta": [1.0, 3.0, 5.0]},
     cv=LeaveClassesOut(n_test_classes=2, n_splits=2, random_state=0),
 )

@@ -151,8 +151,9 @@ class FeatureFewShotClassifier(FewShotMixin):
     >>> from fewmed.datasets import make_synthetic_lesions
     >>> d = make_synthetic_lesions(n_classes=4, n_per_class=20, size=16, random_state=0)
     >>> fx = ConvFeatureExtractor(n_filters=8, max_epochs=1, random_state=0)
-    >>> clf = FeatureFewShotClassifier(fx, LinearSVC()).fit(d.images[:40], d.target[:40])
-    >>> clf.adapt(d.images[40:50], d.target[40:50]).predict(d.images[50:52]).shape
+    >>> rare = d.target >= 2
+    >>> clf = FeatureFewShotClassifier(fx, LinearSVC()).fit(d.images[~rare], d.target[~rare])
+    >>> clf.adapt(d.images[rare], d.target[rare]).predict(d.images[:2]).shape
     (2,)
     """
 
@@ -237,10 +238,11 @@ class FineTuneClassifier(FewShotMixin):
     --------
     >>> from fewmed.datasets import make_synthetic_lesions
     >>> d = make_synthetic_lesions(n_classes=4, n_per_class=20, size=16, random_state=0)
+    >>> rare = d.target >= 2  # classes 2 and 3 play the rare diseases
     >>> ft = FineTuneClassifier(n_filters=8, max_epochs=1, n_adapt_steps=2, random_state=0)
-    >>> ft = ft.fit(d.images[:40], d.target[:40]).adapt(d.images[40:50], d.target[40:50])
-    >>> ft.predict_proba(d.images[50:52]).shape
-    (2, 2)
+    >>> ft = ft.fit(d.images[~rare], d.target[~rare]).adapt(d.images[rare], d.target[rare])
+    >>> ft.predict_proba(d.images[:2]).shape, ft.classes_.tolist()
+    ((2, 2), [2, 3])
     """
 
     _adapted_attrs = ("classes_", "adapted_module_")

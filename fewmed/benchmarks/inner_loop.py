@@ -67,8 +67,9 @@ def run(args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        losses, _ = meta_batch_losses(net, XS, YS, XQ, YQ, lr=0.01, steps=args.inner_steps,
-                                      backend=backend)
+        losses, _ = meta_batch_losses(
+            net, XS, YS, XQ, YQ, lr=0.01, steps=args.inner_steps, backend=backend
+        )
         losses.mean().backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -87,19 +88,33 @@ def run(args) -> dict:
     for name, _, _ in candidates:
         med = float(np.median(times[name]))
         results[name] = {
-            "median_s": med, "min_s": float(np.min(times[name])), "speedup": base / med,
+            "median_s": med,
+            "min_s": float(np.min(times[name])),
+            "speedup": base / med,
             "max_grad_diff": float((grads[name] - ref).abs().max()),
         }
-    rows = [[n, f"{r['median_s'] * 1000:.0f} ms", f"{r['speedup']:.2f}x",
-             f"{r['max_grad_diff']:.1e}"] for n, r in results.items()]
-    print(f"one meta-iteration: {T} tasks, 2-way {k}-shot + {q} query, {args.inner_steps} "
-          f"inner steps, Conv4-{args.filters}, {s} px, second order, {device}; "
-          f"median of {repeats}")
-    print(format_table(rows, ["implementation", "time", "speed vs baseline",
-                              "max |grad - baseline grad|"]))
+    rows = [
+        [n, f"{r['median_s'] * 1000:.0f} ms", f"{r['speedup']:.2f}x", f"{r['max_grad_diff']:.1e}"]
+        for n, r in results.items()
+    ]
+    print(
+        f"one meta-iteration: {T} tasks, 2-way {k}-shot + {q} query, {args.inner_steps} "
+        f"inner steps, Conv4-{args.filters}, {s} px, second order, {device}; "
+        f"median of {repeats}"
+    )
+    print(
+        format_table(
+            rows, ["implementation", "time", "speed vs baseline", "max |grad - baseline grad|"]
+        )
+    )
     out = output_dir(args.out)
-    payload = {"benchmark": "inner-loop", "repeats": repeats, "results": results,
-               "times": times, "environment": environment()}
+    payload = {
+        "benchmark": "inner-loop",
+        "repeats": repeats,
+        "results": results,
+        "times": times,
+        "environment": environment(),
+    }
     write_json(out / "inner_loop.json", payload)
     import matplotlib
 
