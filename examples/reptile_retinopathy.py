@@ -52,8 +52,16 @@ test = retina.test
 print(f"test QWK {qwk_scorer(reptile, test.images, test.target):.3f}")
 
 # %% The initialization in a plain skorch NeuralNetClassifier
+import torch  # noqa: E402
 from skorch import NeuralNetClassifier  # noqa: E402
 
-net = NeuralNetClassifier(reptile.init_module(n_classes=5), max_epochs=2, train_split=None)
+# the module returns logits: pair it with CrossEntropyLoss (skorch's default NLLLoss
+# expects log-probabilities)
+net = NeuralNetClassifier(
+    reptile.init_module(n_classes=5),
+    criterion=torch.nn.CrossEntropyLoss,
+    max_epochs=2,
+    train_split=None,
+)
 X = retina.train.images[half].transpose(0, 3, 1, 2).astype(np.float32) / 255
 net.fit(X, retina.train.target[half])

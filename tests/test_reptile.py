@@ -184,9 +184,15 @@ def test_export_to_plain_skorch(fitted, lesions):
 
     X = check_images(Xt)
     net = NeuralNetClassifier(
-        fitted.init_module(3), max_epochs=1, lr=1e-3, optimizer=torch.optim.Adam, train_split=None
+        fitted.init_module(3),
+        criterion=torch.nn.CrossEntropyLoss,
+        max_epochs=1,
+        lr=1e-3,
+        optimizer=torch.optim.Adam,
+        train_split=None,
     )
     net.fit(X, (yt - 3).astype(np.int64))
+    assert np.isfinite(net.history[-1, "train_loss"])
     assert net.predict_proba(X).shape == (len(X), 3)
     ref = fitted.module_.features[0].weight
     torch.testing.assert_close(fitted.init_module(3).features[0].weight, ref)
