@@ -9,7 +9,6 @@ plain MAML the meta-loss re-weights tasks by difficulty (Eq. 3)::
 
 from __future__ import annotations
 
-import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -416,8 +415,6 @@ class DAMLClassifier(FewShotMixin):
                 bar.set_postfix(loss=f"{rec['task_loss']:.3f}", acc=f"{rec['query_acc']:.2f}")
         bar.close()
         self._torch_state = gen.get_state()
-        if self.n_iterations > 0 and self.n_iter_ < self.n_iterations:  # pragma: no cover
-            warnings.warn("meta-training stopped early.", RuntimeWarning, stacklevel=2)
 
     def _lr(self, it: int) -> float:
         if self.lr_decay_step is None:
