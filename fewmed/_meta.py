@@ -66,6 +66,32 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
             )
         return Xt, y
 
+    def _valid_tasks(self, X_valid, y_valid, seed: int):
+        """``n_valid_tasks`` fixed tasks of ``(X_valid, y_valid)`` to validate meta-training."""
+        from fewmed._meta_net import TaskDataset
+
+        if X_valid is None and y_valid is None:
+            return None
+        if X_valid is None or y_valid is None:
+            raise ValueError("pass both X_valid and y_valid, or neither.")
+        Xv = self._check_X(X_valid, name="X_valid")
+        y_valid = np.asarray(y_valid)
+        if y_valid.shape != (len(Xv),):
+            raise ValueError(
+                f"y_valid must be 1-D with one label per image of X_valid; got shape "
+                f"{y_valid.shape} for {len(Xv)} images."
+            )
+        n_way, n_shot, n_query = self.task_shape_
+        return TaskDataset(
+            Xv,
+            y_valid,
+            n_way=n_way,
+            n_shot=n_shot,
+            n_query=max(n_query, 1),
+            seed=seed,
+            n_tasks=self.n_valid_tasks,
+        )
+
     def _check_X(self, X, name: str = "X") -> torch.Tensor:
         Xt = check_images(X, name=name)
         check_image_shape(Xt, self.input_shape_, name=name)

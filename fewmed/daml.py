@@ -16,15 +16,15 @@ import torch
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
-from tqdm.auto import tqdm
 
 from fewmed._inner_loop import BACKENDS, adapt, meta_batch_losses, predict_logits
 from fewmed._meta import FewShotMixin
+from fewmed._meta_net import IterationSchedule, MetaNet, TaskDataset, fit_meta_net, step_decay
+from fewmed._skorch import make_augment
 from fewmed._validation import resolve_device
-from fewmed.model_selection import EpisodeSampler
-from fewmed.nn import Augment, build_backbone
+from fewmed.nn import build_backbone
 
-__all__ = ["DAMLClassifier", "difficulty_aware_loss"]
+__all__ = ["DAMLClassifier", "DAMLNet", "difficulty_aware_loss"]
 
 
 def difficulty_aware_loss(task_losses: torch.Tensor, eta: float, eps: float = 0.1) -> torch.Tensor:
@@ -66,6 +66,129 @@ def difficulty_aware_loss(task_losses: torch.Tensor, eta: float, eps: float = 0.
     # a floor keeps d(L**eta)/dL finite at L = 0 for eta < 1 (0 * inf otherwise)
     L = task_losses.clamp_min(1e-12)  # noqa: N806
     return (-(L**eta) * torch.log(torch.clamp(1.0 - L, min=eps))).sum()
+
+
+_NET_PARAMS = (
+    "inner_lr",
+    "n_inner_steps",
+    "n_adapt_steps",
+    "first_order",
+    "eta",
+    "eps",
+    "difficulty_start",
+    "reset_optimizer",
+    "backend",
+)
+
+
+class DAMLNet(MetaNet):
+    """The skorch net under :class:`DAMLClassifier`: one (difficulty-aware) MAML update per batch.
+
+    Each batch of a :class:`~fewmed._meta_net.TaskDataset` is a meta-batch of
+    ``T`` tasks. ``train_step_single`` adapts every task with ``n_inner_steps``
+    differentiable SGD steps, takes the query losses ``L_i`` and back-propagates
+    ``mean(L_i)`` (MAML) or, from iteration ``difficulty_start`` on, Eq. 3 divided
+    by ``T``; at the switch Adam's moments are reset (``reset_optimizer``).
+    ``validation_step`` adapts first-order with ``n_adapt_steps`` and returns the
+    query loss. Per iteration the history's batches hold ``meta_loss`` (= skorch's
+    ``train_loss``), ``task_loss``, ``query_acc``, ``effective_tasks``, ``lr`` and
+    ``difficulty``. The parameters are :class:`DAMLClassifier`'s of the same name.
+    """
+
+    def __init__(
+        self,
+        module,
+        *args,
+        inner_lr=0.05,
+        n_inner_steps=5,
+        n_adapt_steps=10,
+        first_order=False,
+        eta=5.0,
+        eps=0.1,
+        difficulty_start=1500,
+        reset_optimizer=True,
+        backend="autograd",
+        **kwargs,
+    ):
+        super().__init__(module, *args, **kwargs)
+        self.inner_lr = inner_lr
+        self.n_inner_steps = n_inner_steps
+        self.n_adapt_steps = n_adapt_steps
+        self.first_order = first_order
+        self.eta = eta
+        self.eps = eps
+        self.difficulty_start = difficulty_start
+        self.reset_optimizer = reset_optimizer
+        self.backend = backend
+
+    def initialize(self):
+        super().initialize()
+        self.switched_ = False
+        return self
+
+    def uses_difficulty(self, iteration: int) -> bool:
+        """Whether Eq. 3 replaces the mean loss at ``iteration``."""
+        start = self.difficulty_start
+        return self.eta > 0 and start is not None and iteration >= start
+
+    def get_meta_loss(self, task_losses: torch.Tensor, difficulty: bool) -> torch.Tensor:
+        """``mean(L_i)`` (MAML) or Eq. 3 divided by the meta-batch size."""
+        if difficulty:
+            return difficulty_aware_loss(task_losses, self.eta, self.eps) / len(task_losses)
+        return task_losses.mean()
+
+    def train_step_single(self, batch, **fit_params):
+        self._set_training(True)
+        XS, YS, XQ, YQ = self.unpack_tasks(batch)  # noqa: N806
+        difficulty = self.uses_difficulty(self.n_iter_)
+        if difficulty and not self.switched_:
+            self.switched_ = True
+            if self.reset_optimizer:
+                self.optimizer_.state.clear()  # a fresh Adam at the current learning rate
+        losses, accs = meta_batch_losses(
+            self.module_,
+            XS,
+            YS,
+            XQ,
+            YQ,
+            lr=self.inner_lr,
+            steps=self.n_inner_steps,
+            first_order=self.first_order,
+            backend=self.backend,
+        )
+        meta = self.get_meta_loss(losses, difficulty)
+        self.check_finite(meta, "Lower meta_lr or inner_lr, or use first_order=True.")
+        # each task's weight in the meta-gradient is dL_meta / dL_i; their effective
+        # number (sum w)^2 / sum w^2 says how many of the T tasks the update really uses
+        tw = torch.autograd.grad(meta, losses, retain_graph=True)[0].detach()
+        meta.backward()
+        self.record(
+            meta_loss=meta.item(),
+            task_loss=losses.mean().item(),
+            query_acc=accs.mean().item(),
+            effective_tasks=(tw.sum() ** 2 / (tw**2).sum().clamp_min(1e-30)).item(),
+            difficulty=difficulty,
+        )
+        self.n_iter_ += 1
+        return {"loss": meta.detach(), "y_pred": None}
+
+    def validation_step(self, batch, **fit_params):
+        self._set_training(False)
+        XS, YS, XQ, YQ = self.unpack_tasks(batch)  # noqa: N806
+        with torch.enable_grad():
+            losses, accs = meta_batch_losses(
+                self.module_,
+                XS,
+                YS,
+                XQ,
+                YQ,
+                lr=self.inner_lr,
+                steps=self.n_adapt_steps,
+                first_order=True,
+                backend="autograd",
+            )
+        self.record(valid_acc=accs.mean().item())
+        return {"loss": losses.mean().detach(), "y_pred": None}
 
 
 class DAMLClassifier(FewShotMixin):
@@ -136,6 +259,17 @@ class DAMLClassifier(FewShotMixin):
         them.
     n_score_tasks : int, default=100
         Episodes drawn by ``score``.
+    iterations_per_epoch : int, default=100
+        Meta-updates per skorch "epoch": one row of ``meta_net_.history`` (timing,
+        ``train_loss``, validation) and one chance for epoch callbacks
+        (``EarlyStopping``, ``Checkpoint``) to act.
+    n_valid_tasks : int, default=50
+        Fixed validation tasks drawn from ``fit``'s ``X_valid, y_valid``.
+    callbacks : list of skorch callbacks or (name, callback) tuples, default=None
+        Added to the net's own (an :class:`~fewmed._meta_net.IterationSchedule`
+        for ``lr_decay_step``, ``PrintLog`` and a ``ProgressBar`` when
+        ``verbose``), e.g. ``EarlyStopping(load_best=True)`` with validation
+        tasks, or ``Checkpoint``.
     warm_start : bool, default=False
         Continue a previous ``fit`` (weights, optimizer, sampler state) up to
         ``n_iterations``: run MAML to ``difficulty_start`` once, then branch.
@@ -144,14 +278,18 @@ class DAMLClassifier(FewShotMixin):
     random_state : int, RandomState instance or None, default=None
         Seeds the weights, the task sampler and the augmentation.
     verbose : int, default=1
-        Progress bar while meta-training when > 0.
+        skorch's progress bar and per-epoch table while meta-training when > 0.
 
     Attributes
     ----------
+    meta_net_ : DAMLNet
+        The skorch net that meta-trains (its ``history`` has a row per epoch and
+        the per-iteration values in the rows' ``batches``).
     module_ : nn.Module
-        The meta-learned network (initial weights of every task).
+        The meta-learned network (initial weights of every task), ``meta_net_.module_``.
     history_ : list of dict
-        Per iteration: ``meta_loss``, ``task_loss`` (mean query CE), ``query_acc``,
+        Per iteration, flattened from ``meta_net_.history``: ``meta_loss`` (also
+        skorch's ``train_loss``), ``task_loss`` (mean query CE), ``query_acc``,
         ``effective_tasks`` (``(sum w)^2 / sum w^2`` of the tasks' weights
         ``w_i = dL_meta/dL_i``: ``meta_batch_size`` for MAML, fewer when the
         difficulty term concentrates the update on the hardest tasks), ``lr`` and
@@ -207,6 +345,9 @@ class DAMLClassifier(FewShotMixin):
         "reset_optimizer": ["boolean"],
         "backend": [StrOptions(set(BACKENDS))],
         "n_score_tasks": [Interval(Integral, 1, None, closed="left")],
+        "iterations_per_epoch": [Interval(Integral, 1, None, closed="left")],
+        "n_valid_tasks": [Interval(Integral, 1, None, closed="left")],
+        "callbacks": [list, None],
         "warm_start": ["boolean"],
         "verbose": ["verbose"],
         "random_state": ["random_state"],
@@ -237,6 +378,9 @@ class DAMLClassifier(FewShotMixin):
         augment=True,
         backend="autograd",
         n_score_tasks=100,
+        iterations_per_epoch=100,
+        n_valid_tasks=50,
+        callbacks=None,
         warm_start=False,
         device="cpu",
         random_state=None,
@@ -262,21 +406,28 @@ class DAMLClassifier(FewShotMixin):
         self.augment = augment
         self.backend = backend
         self.n_score_tasks = n_score_tasks
+        self.iterations_per_epoch = iterations_per_epoch
+        self.n_valid_tasks = n_valid_tasks
+        self.callbacks = callbacks
         self.warm_start = warm_start
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
 
     # ----------------------------------------------------------------- fit
-    def _uses_difficulty(self, iteration: int) -> bool:
-        return (
-            self.eta > 0
-            and self.difficulty_start is not None
-            and iteration >= self.difficulty_start
-        )
+    @property
+    def module_(self) -> torch.nn.Module:
+        return self.meta_net_.module_
 
-    def _init_state(self, seed: int) -> None:
-        device = resolve_device(self.device)
+    @property
+    def history_(self) -> list[dict]:
+        return self.meta_net_.iteration_records()
+
+    @property
+    def n_iter_(self) -> int:
+        return self.meta_net_.n_iter_
+
+    def _make_net(self, seed: int) -> DAMLNet:
         c, h, w = self.input_shape_
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -288,15 +439,24 @@ class DAMLClassifier(FewShotMixin):
                 n_filters=self.n_filters,
                 norm="reference",
             )
-        self.module_ = module.to(device)
-        self.optimizer_ = torch.optim.Adam(self.module_.parameters(), lr=self.meta_lr)
-        self.n_iter_ = 0
-        self.history_ = []
-        self._episode_rng = np.random.default_rng(seed)
-        self._torch_state = torch.Generator().manual_seed(seed).get_state()
-        self._switched = False
+        callbacks = [("lr_schedule", IterationSchedule(step_decay(self.lr_decay_step)))]
+        callbacks += list(self.callbacks or [])
+        return DAMLNet(
+            module,
+            optimizer=torch.optim.Adam,
+            batch_size=self.meta_batch_size,
+            callbacks=callbacks,
+            device=str(resolve_device(self.device)),
+            seed=seed,
+            **self._net_params(),
+        )
 
-    def fit(self, X, y=None):
+    def _net_params(self) -> dict:
+        """What a warm start may change: everything but the network and the task stream."""
+        params = {k: getattr(self, k) for k in _NET_PARAMS}
+        return {**params, "lr": self.meta_lr, "verbose": self.verbose}
+
+    def fit(self, X, y=None, X_valid=None, y_valid=None):
         """Meta-train on tasks sampled from ``(X, y)`` or a ``TaskDistribution``.
 
         Parameters
@@ -306,6 +466,12 @@ class DAMLClassifier(FewShotMixin):
             ``(n, C, H, W)`` float.
         y : array-like of shape (n,), default=None
             Their labels (omit with a ``TaskDistribution``).
+        X_valid, y_valid : array-like, default=None
+            Images and labels for ``n_valid_tasks`` fixed validation tasks (for
+            instance classes held out of ``y``): their query loss and accuracy
+            after ``n_adapt_steps`` are ``valid_loss`` / ``valid_acc`` in the
+            history, so skorch's ``EarlyStopping`` or ``Checkpoint`` in
+            ``callbacks`` can follow them.
 
         Returns
         -------
@@ -315,111 +481,33 @@ class DAMLClassifier(FewShotMixin):
         old_shape = getattr(self, "input_shape_", None)
         Xt, y = self._validate_fit_input(X, y)
         n_way, n_shot, n_query = self.task_shape_
-        sampler = EpisodeSampler(n_way, n_shot, n_query)
-        sampler.check(y)
-        resume = self.warm_start and hasattr(self, "module_") and old_shape == self.input_shape_
-        if not resume:
+        resume = self.warm_start and hasattr(self, "meta_net_") and old_shape == self.input_shape_
+        if resume:
+            for k, v in self._net_params().items():
+                setattr(self.meta_net_, k, v)
+        else:
             seed = int(check_random_state(self.random_state).randint(2**31 - 1))
-            self._init_state(seed)
+            self.meta_net_ = self._make_net(seed)
         for a in self._adapted_attrs:
             if hasattr(self, a):
                 delattr(self, a)
-        self._meta_train(torch.from_numpy(Xt), y)
-        return self
-
-    def _augmenter(self):
-        if self.augment is True:
-            return Augment()
-        if self.augment in (False, None):
-            return None
-        if not callable(self.augment):
-            raise ValueError(f"augment must be a bool or an Augment, got {self.augment!r}.")
-        return self.augment
-
-    def _meta_train(self, X: torch.Tensor, y: np.ndarray) -> None:
-        n_way, n_shot, n_query = self.task_shape_
-        device = next(self.module_.parameters()).device
-        sampler = EpisodeSampler(n_way, n_shot, n_query, random_state=self._episode_rng)
-        episodes = sampler.sample(y)
-        gen = torch.Generator()
-        gen.set_state(self._torch_state)
-        aug = self._augmenter()
-        T = self.meta_batch_size  # noqa: N806
-        c, h, w = self.input_shape_
-        self.module_.train()
-        start = self.n_iter_
-        bar = tqdm(
-            range(start, self.n_iterations),
-            disable=self.verbose <= 0,
-            desc="meta-training",
-            initial=start,
-            total=self.n_iterations,
-            leave=False,
+        fit_meta_net(
+            self.meta_net_,
+            TaskDataset(
+                torch.from_numpy(Xt),
+                y,
+                n_way=n_way,
+                n_shot=n_shot,
+                n_query=n_query,
+                seed=self.meta_net_.seed,
+                n_tasks=self.n_iterations * self.meta_batch_size,
+                tasks_per_epoch=self.iterations_per_epoch * self.meta_batch_size,
+                augment=make_augment(self.augment),
+            ),
+            self._valid_tasks(X_valid, y_valid, self.meta_net_.seed + 1),
+            resume=resume,
         )
-        for it in bar:
-            eps_ = [next(episodes) for _ in range(T)]
-            s_idx = np.concatenate([e.support_idx for e in eps_])
-            q_idx = np.concatenate([e.query_idx for e in eps_])
-            xs, xq = X[s_idx], X[q_idx]
-            if aug is not None:
-                xs, xq = aug(xs, generator=gen), aug(xq, generator=gen)
-            XS = xs.reshape(T, -1, c, h, w).to(device)  # noqa: N806
-            XQ = xq.reshape(T, -1, c, h, w).to(device)  # noqa: N806
-            YS = torch.as_tensor(np.stack([e.support_y for e in eps_]), device=device)  # noqa: N806
-            YQ = torch.as_tensor(np.stack([e.query_y for e in eps_]), device=device)  # noqa: N806
-            difficulty = self._uses_difficulty(it)
-            if difficulty and not self._switched:
-                self._switched = True
-                if self.reset_optimizer:
-                    self.optimizer_ = torch.optim.Adam(self.module_.parameters(), lr=self._lr(it))
-            for group in self.optimizer_.param_groups:
-                group["lr"] = self._lr(it)
-            losses, accs = meta_batch_losses(
-                self.module_,
-                XS,
-                YS,
-                XQ,
-                YQ,
-                lr=self.inner_lr,
-                steps=self.n_inner_steps,
-                first_order=self.first_order,
-                backend=self.backend,
-            )
-            if difficulty:
-                meta = difficulty_aware_loss(losses, self.eta, self.eps) / T
-            else:
-                meta = losses.mean()
-            if not torch.isfinite(meta):
-                raise FloatingPointError(
-                    f"meta-training diverged at iteration {it}: the meta-loss is {meta.item()}. "
-                    "Lower meta_lr or inner_lr, or use first_order=True."
-                )
-            # each task's weight in the meta-gradient is dL_meta / dL_i; their effective
-            # number (sum w)^2 / sum w^2 says how many of the T tasks the update really uses
-            tw = torch.autograd.grad(meta, losses, retain_graph=True)[0].detach()
-            self.optimizer_.zero_grad(set_to_none=True)
-            meta.backward()
-            self.optimizer_.step()
-            self.n_iter_ = it + 1
-            rec = {
-                "iteration": it,
-                "meta_loss": meta.item(),
-                "task_loss": losses.mean().item(),
-                "query_acc": accs.mean().item(),
-                "effective_tasks": (tw.sum() ** 2 / (tw**2).sum().clamp_min(1e-30)).item(),
-                "lr": self._lr(it),
-                "difficulty": difficulty,
-            }
-            self.history_.append(rec)
-            if self.verbose > 0 and it % 10 == 0:
-                bar.set_postfix(loss=f"{rec['task_loss']:.3f}", acc=f"{rec['query_acc']:.2f}")
-        bar.close()
-        self._torch_state = gen.get_state()
-
-    def _lr(self, it: int) -> float:
-        if self.lr_decay_step is None:
-            return self.meta_lr
-        return self.meta_lr * 0.1 ** (it // self.lr_decay_step)
+        return self
 
     # --------------------------------------------------------------- adapt
     def _check_n_classes(self, n: int) -> None:

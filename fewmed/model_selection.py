@@ -309,23 +309,29 @@ class EpisodeSampler:
         """Yield episodes from labels ``y`` (forever when ``n_episodes`` is None)."""
         classes, members = self._index(y)
         rng = self._rng()
-        k, q, n = self.n_shot, self.n_query, self.n_way
         count = 0
         while n_episodes is None or count < n_episodes:
-            chosen = rng.choice(len(classes), size=n, replace=False)
-            sup, qry = [], []
-            for j in chosen:
-                pick = rng.choice(members[j], size=k + q, replace=False)
-                sup.append(pick[:k])
-                qry.append(pick[k:])
-            yield Episode(
-                classes=classes[chosen],
-                support_idx=np.concatenate(sup),
-                support_y=np.repeat(np.arange(n), k),
-                query_idx=np.concatenate(qry) if q else np.empty(0, dtype=np.int64),
-                query_y=np.repeat(np.arange(n), q),
-            )
+            yield self._draw(rng, classes, members)
             count += 1
+
+    def _draw(
+        self, rng: np.random.Generator, classes: np.ndarray, members: list[np.ndarray]
+    ) -> Episode:
+        """One episode from the index that :meth:`_index` built, using ``rng``."""
+        k, q, n = self.n_shot, self.n_query, self.n_way
+        chosen = rng.choice(len(classes), size=n, replace=False)
+        sup, qry = [], []
+        for j in chosen:
+            pick = rng.choice(members[j], size=k + q, replace=False)
+            sup.append(pick[:k])
+            qry.append(pick[k:])
+        return Episode(
+            classes=classes[chosen],
+            support_idx=np.concatenate(sup),
+            support_y=np.repeat(np.arange(n), k),
+            query_idx=np.concatenate(qry) if q else np.empty(0, dtype=np.int64),
+            query_y=np.repeat(np.arange(n), q),
+        )
 
     def check(self, y) -> None:
         """Validate that ``y`` supports this task shape (raises ``ValueError`` if not)."""

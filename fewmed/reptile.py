@@ -29,13 +29,12 @@ from sklearn.utils.validation import check_is_fitted
 from skorch.callbacks import EarlyStopping, EpochScoring
 from skorch.helper import predefined_split
 from torch import nn
-from tqdm.auto import tqdm
 
 from fewmed._meta import FewShotMixin
-from fewmed._skorch import ArrayDataset, ImageNetClassifier, make_augment
+from fewmed._meta_net import IterationSchedule, MetaNet, TaskDataset, fit_meta_net, linear_anneal
+from fewmed._skorch import ArrayDataset, ImageNetClassifier, make_augment, stratified_split
 from fewmed._validation import resolve_device
 from fewmed.metrics import quadratic_weighted_kappa
-from fewmed.model_selection import EpisodeSampler
 from fewmed.nn import ReferenceBatchNorm2d, build_backbone
 
 __all__ = ["ReptileInitializer", "reptile_update", "remove_batchnorm"]
@@ -191,6 +190,151 @@ class TransferNet(ImageNetClassifier):
         self.module_ = copy.deepcopy(self.module).to(self.device)
 
 
+def train_on_task(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    generator: torch.Generator,
+    *,
+    lr: float,
+    beta1: float,
+    batch_size: int,
+    augment=None,
+) -> float:
+    """``steps`` Adam steps on mini-batches of ``(X, y)``, in place; the mean loss.
+
+    Mini-batches of ``batch_size`` are drawn without replacement, reshuffling
+    when the task is used up (Reptile's inner loop).
+    """
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(beta1, 0.999))
+    n, bs = len(X), min(batch_size, len(X))
+    order, pos, losses = torch.randperm(n, generator=generator), 0, []
+    for _ in range(steps):
+        if pos + bs > n:
+            order, pos = torch.randperm(n, generator=generator), 0
+        idx = order[pos : pos + bs].to(X.device)
+        pos += bs
+        xb = X[idx]
+        if augment is not None:
+            xb = augment(xb, generator=generator)
+        loss = F.cross_entropy(model(xb), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+class ReptileNet(MetaNet):
+    """The skorch net under :class:`ReptileInitializer`: one Reptile outer step per batch.
+
+    Each batch of a :class:`~fewmed._meta_net.TaskDataset` is a meta-batch of
+    tasks. ``train_step_single`` trains a copy of the network on every task
+    (``n_inner_steps`` Adam steps, :func:`train_on_task`) and sets each
+    parameter's gradient to ``phi - mean_i(phi_i)``, so that the net's SGD
+    optimizer, whose learning rate is ``epsilon``, performs
+    ``phi + epsilon * mean_i(phi_i - phi)``; BatchNorm's running statistics are
+    interpolated the same way. ``validation_step`` trains on a validation task's
+    support set for ``n_eval_steps`` and returns the query loss (BatchNorm in
+    training mode, as in Reptile's transductive evaluation). Per iteration the
+    history's batches hold ``train_loss`` and ``task_loss`` (the mean inner-loop
+    loss), ``epsilon`` and ``lr``.
+    """
+
+    def __init__(
+        self,
+        module,
+        *args,
+        optimizer=torch.optim.SGD,
+        inner_lr=1e-3,
+        inner_beta1=0.0,
+        n_inner_steps=8,
+        inner_batch_size=10,
+        n_eval_steps=50,
+        **kwargs,
+    ):
+        super().__init__(module, *args, optimizer=optimizer, **kwargs)
+        self.inner_lr = inner_lr
+        self.inner_beta1 = inner_beta1
+        self.n_inner_steps = n_inner_steps
+        self.inner_batch_size = inner_batch_size
+        self.n_eval_steps = n_eval_steps
+
+    def _task_weights(self, XS, YS, steps: int, generator) -> tuple[list[dict], list[float]]:
+        phi = self.module_.state_dict()
+        worker = copy.deepcopy(self.module_)
+        states, losses = [], []
+        for xs, ys in zip(XS, YS):
+            worker.load_state_dict(phi)
+            worker.train()
+            loss = train_on_task(
+                worker,
+                xs,
+                ys,
+                steps,
+                generator,
+                lr=self.inner_lr,
+                beta1=self.inner_beta1,
+                batch_size=self.inner_batch_size,
+            )
+            losses.append(loss)
+            states.append({k: v.detach().clone() for k, v in worker.state_dict().items()})
+        return states, losses
+
+    def train_step_single(self, batch, **fit_params):
+        self._set_training(True)
+        XS, YS, _, _ = self.unpack_tasks(batch)  # noqa: N806
+        seed = int(np.random.default_rng([self.seed, self.n_iter_]).integers(2**62))
+        with torch.enable_grad():
+            states, losses = self._task_weights(XS, YS, self.n_inner_steps, _generator(seed))
+        epsilon = self.optimizer_.param_groups[0]["lr"]
+        phi = {k: v.detach().clone() for k, v in self.module_.state_dict().items()}
+        mean = reptile_update(phi, states, 1.0)
+        buffers = reptile_update(phi, states, epsilon)
+        loss = torch.tensor(float(np.mean(losses)))
+        self.check_finite(loss, "Lower inner_lr or meta_step_size.")
+        with torch.no_grad():
+            for name, p in self.module_.named_parameters():
+                p.grad = phi[name] - mean[name]
+            for name, b in self.module_.named_buffers():
+                b.copy_(buffers[name])
+        self.record(task_loss=loss.item(), epsilon=epsilon)
+        self.n_iter_ += 1
+        return {"loss": loss, "y_pred": None}
+
+    def validation_step(self, batch, **fit_params):
+        XS, YS, XQ, YQ = self.unpack_tasks(batch)  # noqa: N806
+        phi = {k: v.detach().clone() for k, v in self.module_.state_dict().items()}
+        gen = _generator(self.seed + 1)
+        worker = copy.deepcopy(self.module_)
+        losses, accs = [], []
+        for xs, ys, xq, yq in zip(XS, YS, XQ, YQ):
+            worker.load_state_dict(phi)
+            worker.train()
+            with torch.enable_grad():
+                train_on_task(
+                    worker,
+                    xs,
+                    ys,
+                    self.n_eval_steps,
+                    gen,
+                    lr=self.inner_lr,
+                    beta1=self.inner_beta1,
+                    batch_size=self.inner_batch_size,
+                )
+            with torch.no_grad():
+                logits = worker(xq)
+            losses.append(F.cross_entropy(logits, yq).item())
+            accs.append((logits.argmax(1) == yq).float().mean().item())
+        self.record(valid_acc=float(np.mean(accs)))
+        return {"loss": torch.tensor(float(np.mean(losses))), "y_pred": None}
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
 # --------------------------------------------------------------------------- estimator
 class ReptileInitializer(FewShotMixin):
     """A Reptile-learned initialization, fine-tuned on a small target dataset.
@@ -269,12 +413,21 @@ class ReptileInitializer(FewShotMixin):
         fine-tuning.
     n_score_tasks : int, default=100
         Episodes drawn by ``score``.
+    iterations_per_epoch : int, default=100
+        Outer steps per skorch "epoch" of meta-training (a row of
+        ``meta_net_.history``; when epoch callbacks act).
+    n_valid_tasks : int, default=50
+        Fixed validation tasks drawn from ``fit``'s ``X_valid, y_valid``.
+    callbacks : list of skorch callbacks or (name, callback) tuples, default=None
+        Added to the meta-training net's own (the ``epsilon`` schedule,
+        ``PrintLog`` and a ``ProgressBar`` when ``verbose``), e.g. ``Checkpoint``
+        or ``EarlyStopping`` on validation tasks.
     device : str, default="cpu"
         ``"cpu"``, ``"cuda"`` or ``"auto"``.
     random_state : int, RandomState instance or None, default=None
         Seeds the weights, the tasks, the head and the fine-tuning (no global RNG).
     verbose : int, default=1
-        Progress bar while meta-training when > 0.
+        skorch's progress bar and per-epoch table while meta-training when > 0.
 
     Attributes
     ----------
@@ -282,9 +435,11 @@ class ReptileInitializer(FewShotMixin):
         The initialization (with BatchNorm and an ``n_way`` head, or the source
         head for ``init="supervised"``).
     history_ : list of dict
-        Per outer step (``init="reptile"``): ``iteration``, ``epsilon`` and
-        ``task_loss`` (mean inner-loop loss); per epoch of pre-training
-        (``init="supervised"``); empty for ``init="random"``.
+        Per outer step (``init="reptile"``, flattened from ``meta_net_.history``):
+        ``iteration``, ``epsilon`` and ``task_loss`` (mean inner-loop loss); per
+        epoch of pre-training (``init="supervised"``); empty for ``init="random"``.
+    meta_net_ : ReptileNet or None
+        The skorch net that meta-trained (``init="reptile"``), else ``None``.
     n_iter_ : int
         Outer steps done.
     train_classes_ : ndarray
@@ -338,6 +493,9 @@ class ReptileInitializer(FewShotMixin):
         "monitor": [StrOptions({"valid_loss", "valid_qwk", "valid_acc"})],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_score_tasks": [Interval(Integral, 1, None, closed="left")],
+        "iterations_per_epoch": [Interval(Integral, 1, None, closed="left")],
+        "n_valid_tasks": [Interval(Integral, 1, None, closed="left")],
+        "callbacks": [list, None],
         "verbose": ["verbose"],
         "random_state": ["random_state"],
     }
@@ -373,6 +531,9 @@ class ReptileInitializer(FewShotMixin):
         validation_fraction=0.1,
         augment=False,
         n_score_tasks=100,
+        iterations_per_epoch=100,
+        n_valid_tasks=50,
+        callbacks=None,
         device="cpu",
         random_state=None,
         verbose=1,
@@ -403,6 +564,9 @@ class ReptileInitializer(FewShotMixin):
         self.validation_fraction = validation_fraction
         self.augment = augment
         self.n_score_tasks = n_score_tasks
+        self.iterations_per_epoch = iterations_per_epoch
+        self.n_valid_tasks = n_valid_tasks
+        self.callbacks = callbacks
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -422,7 +586,7 @@ class ReptileInitializer(FewShotMixin):
             )
         return module.to(resolve_device(self.device))
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, X_valid=None, y_valid=None):
         """Learn the initialization on the source domain.
 
         Parameters
@@ -431,6 +595,11 @@ class ReptileInitializer(FewShotMixin):
             Source images, ``(n, H, W[, C])`` uint8 or ``(n, C, H, W)`` float.
         y : array-like of shape (n,), default=None
             Source labels (omit with a ``TaskDistribution``).
+        X_valid, y_valid : array-like, default=None
+            ``init="reptile"`` only: images and labels of ``n_valid_tasks`` fixed
+            validation tasks, scored every epoch (``valid_loss`` / ``valid_acc``
+            after ``n_adapt_steps`` on the support set) for callbacks such as
+            ``EarlyStopping``.
 
         Returns
         -------
@@ -445,88 +614,49 @@ class ReptileInitializer(FewShotMixin):
         self.seed_ = int(rs.randint(2**31 - 1))
         self.history_ = []
         self.n_iter_ = 0
+        self.meta_net_ = None
         if self.init == "reptile":
             n_way, n_shot, _ = self.task_shape_
-            EpisodeSampler(n_way, n_shot, 0).check(y)
-            self.module_ = self._build(n_way, self.seed_)
-            self._meta_train(torch.from_numpy(Xt), y)
+            net = self._make_net(self._build(n_way, self.seed_))
+            train = TaskDataset(
+                torch.from_numpy(Xt),
+                y,
+                n_way=n_way,
+                n_shot=n_shot,
+                n_query=0,
+                seed=self.seed_,
+                n_tasks=self.n_iterations * self.meta_batch_size,
+                tasks_per_epoch=self.iterations_per_epoch * self.meta_batch_size,
+                augment=make_augment(self.augment),
+            )
+            valid = self._valid_tasks(X_valid, y_valid, self.seed_ + 1)
+            self.meta_net_ = fit_meta_net(net, train, valid)
+            self.module_ = net.module_
+            self.history_ = net.iteration_records()
+            self.n_iter_ = net.n_iter_
         elif self.init == "supervised":
             self._pretrain(Xt, y)
         else:
             self.module_ = self._build(self.task_shape_[0], self.seed_)
         return self
 
-    def _epsilon(self, it: int) -> float:
-        frac = it / max(self.n_iterations, 1)
-        return frac * self.meta_step_size_final + (1 - frac) * self.meta_step_size
-
-    def _inner_optimizer(self, params) -> torch.optim.Optimizer:
-        return torch.optim.Adam(params, lr=self.inner_lr, betas=(self.inner_beta1, 0.999))
-
-    def _train_task(
-        self,
-        model: nn.Module,
-        X: torch.Tensor,
-        y: torch.Tensor,
-        steps: int,
-        gen: torch.Generator,
-        aug=None,
-    ) -> float:
-        """``steps`` Adam steps on mini-batches of ``(X, y)`` (in place); mean loss."""
-        opt = self._inner_optimizer(model.parameters())
-        n, bs = len(X), min(self.inner_batch_size, len(X))
-        order, pos, losses = torch.randperm(n, generator=gen), 0, []
-        for _ in range(steps):
-            if pos + bs > n:
-                order, pos = torch.randperm(n, generator=gen), 0
-            idx = order[pos : pos + bs]
-            pos += bs
-            xb = X[idx]
-            if aug is not None:
-                xb = aug(xb, generator=gen)
-            loss = F.cross_entropy(model(xb), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        return float(np.mean(losses)) if losses else float("nan")
-
-    def _meta_train(self, X: torch.Tensor, y: np.ndarray) -> None:
-        n_way, n_shot, _ = self.task_shape_
-        device = next(self.module_.parameters()).device
-        sampler = EpisodeSampler(n_way, n_shot, 0, random_state=np.random.default_rng(self.seed_))
-        episodes = sampler.sample(y)
-        gen = torch.Generator().manual_seed(self.seed_)
-        aug = make_augment(self.augment)
-        worker = copy.deepcopy(self.module_)
-        worker.train()
-        bar = tqdm(
-            range(self.n_iterations),
-            disable=self.verbose <= 0,
-            desc="reptile",
-            leave=False,
+    def _make_net(self, module: nn.Module) -> ReptileNet:
+        schedule = linear_anneal(self.meta_step_size, self.meta_step_size_final, self.n_iterations)
+        callbacks = [("epsilon_schedule", IterationSchedule(schedule, absolute=True))]
+        return ReptileNet(
+            module,
+            lr=self.meta_step_size,
+            batch_size=self.meta_batch_size,
+            inner_lr=self.inner_lr,
+            inner_beta1=self.inner_beta1,
+            n_inner_steps=self.n_inner_steps,
+            inner_batch_size=self.inner_batch_size,
+            n_eval_steps=self.n_adapt_steps,
+            callbacks=callbacks + list(self.callbacks or []),
+            device=str(resolve_device(self.device)),
+            verbose=self.verbose,
+            seed=self.seed_,
         )
-        for it in bar:
-            phi = {k: v.detach().clone() for k, v in self.module_.state_dict().items()}
-            states, losses = [], []
-            for _ in range(self.meta_batch_size):
-                ep = next(episodes)
-                worker.load_state_dict(phi)
-                xs = X[ep.support_idx].to(device)
-                ys = torch.as_tensor(ep.support_y, dtype=torch.long, device=device)
-                losses.append(self._train_task(worker, xs, ys, self.n_inner_steps, gen, aug))
-                states.append({k: v.detach().clone() for k, v in worker.state_dict().items()})
-            eps = self._epsilon(it)
-            self.module_.load_state_dict(reptile_update(phi, states, eps))
-            if not all(torch.isfinite(p).all() for p in self.module_.parameters()):
-                raise FloatingPointError(
-                    f"Reptile diverged at iteration {it}; lower inner_lr or meta_step_size."
-                )
-            self.n_iter_ = it + 1
-            self.history_.append({"iteration": it, "epsilon": eps, "task_loss": np.mean(losses)})
-            if self.verbose > 0 and it % 10 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses):.3f}")
-        bar.close()
 
     def _pretrain(self, Xt: np.ndarray, y: np.ndarray) -> None:
         classes, codes = np.unique(y, return_inverse=True)
@@ -591,11 +721,20 @@ class ReptileInitializer(FewShotMixin):
     # --------------------------------------------------------------- adapt
     def _fine_tune(self, module, X, codes, X_val, y_val, max_epochs, seed) -> TransferNet:
         """Fit a :class:`TransferNet` with early stopping on ``(X_val, y_val)`` (or a hold-out)."""
+        n_classes = int(codes.max()) + 1
         if X_val is None:
-            tr, va = _stratified_holdout(codes, self.validation_fraction, seed)
-            X_val, y_val, X, codes = X[va], codes[va], X[tr], codes[tr]
-        valid = ArrayDataset(X_val, y_val)
-        n_classes = int(max(codes.max(), y_val.max())) + 1
+            n_valid = int(np.ceil(self.validation_fraction * len(codes)))
+            if n_valid < n_classes or len(codes) - n_valid < n_classes:
+                raise ValueError(
+                    f"the validation split is empty for some class: validation_fraction="
+                    f"{self.validation_fraction} of {len(codes)} images holds out {n_valid}, "
+                    f"fewer than the {n_classes} classes. Pass X_val and y_val, raise "
+                    "validation_fraction, or use fine_tune='few-shot'."
+                )
+            split = stratified_split(self.validation_fraction, seed)
+        else:
+            split = predefined_split(ArrayDataset(X_val, y_val))
+            n_classes = max(n_classes, int(y_val.max()) + 1)
         net = TransferNet(
             module,
             lr=self.lr,
@@ -603,7 +742,7 @@ class ReptileInitializer(FewShotMixin):
             batch_size=self.batch_size,
             max_epochs=max_epochs,
             classes=list(range(n_classes)),
-            train_split=predefined_split(valid),
+            train_split=split,
             callbacks=[
                 (
                     "early_stopping",
@@ -667,13 +806,16 @@ class ReptileInitializer(FewShotMixin):
             gen = torch.Generator().manual_seed(seed + 1)
             model.train()
             with torch.enable_grad():
-                self._train_task(
+                train_on_task(
                     model,
                     Xs.to(device),
                     ys.to(device),
                     self.n_adapt_steps,
                     gen,
-                    make_augment(self.augment),
+                    lr=self.inner_lr,
+                    beta1=self.inner_beta1,
+                    batch_size=self.inner_batch_size,
+                    augment=make_augment(self.augment),
                 )
             self.adapted_module_ = model.eval()
             return
@@ -710,25 +852,3 @@ class ReptileInitializer(FewShotMixin):
             for i in range(0, len(X), batch_size):
                 out.append(model(X[i : i + batch_size].to(device)).cpu())
         return torch.cat(out).numpy()
-
-
-def _stratified_holdout(
-    codes: np.ndarray, fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded stratified split: ``round(fraction * n_c)`` of every class to validation."""
-    rng = np.random.default_rng(seed)
-    train, valid = [], []
-    for c in np.unique(codes):
-        idx = rng.permutation(np.flatnonzero(codes == c))
-        k = int(round(fraction * len(idx)))
-        k = min(k, len(idx) - 1)
-        valid.append(idx[:k])
-        train.append(idx[k:])
-    valid_idx = np.sort(np.concatenate(valid))
-    if len(valid_idx) == 0:
-        raise ValueError(
-            f"the validation split is empty: validation_fraction={fraction} of {len(codes)} "
-            "images rounds to 0 in every class. Pass X_val and y_val, raise "
-            "validation_fraction, or use fine_tune='few-shot'."
-        )
-    return np.sort(np.concatenate(train)), valid_idx

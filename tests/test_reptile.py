@@ -12,6 +12,7 @@ from sklearn.model_selection import GridSearchCV
 from skorch import NeuralNetClassifier
 
 from fewmed import ReptileInitializer
+from fewmed import reptile as reptile_module
 from fewmed.datasets import load_medmnist, make_synthetic_lesions
 from fewmed.metrics import quadratic_weighted_kappa, qwk_scorer
 from fewmed.reptile import TransferNet, remove_batchnorm, reptile_update
@@ -75,14 +76,14 @@ def test_fit_outer_step_is_phi_plus_eps_mean(lesions, monkeypatch):
     phi0 = ReptileInitializer(**{**params, "n_iterations": 0}).fit(Xs, ys).module_.state_dict()
     phi0 = {k: v.clone() for k, v in phi0.items()}
     recorded = []
-    original = ReptileInitializer._train_task
+    original = reptile_module.train_on_task
 
-    def spy(self, model, *args, **kwargs):
-        loss = original(self, model, *args, **kwargs)
+    def spy(model, *args, **kwargs):
+        loss = original(model, *args, **kwargs)
         recorded.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return loss
 
-    monkeypatch.setattr(ReptileInitializer, "_train_task", spy)
+    monkeypatch.setattr(reptile_module, "train_on_task", spy)
     rep = ReptileInitializer(**{**params, "n_iterations": 1}).fit(Xs, ys)
     assert len(recorded) == 3
     for k, v in rep.module_.state_dict().items():
