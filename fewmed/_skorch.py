@@ -8,7 +8,12 @@ defaults and hooks fewmed's imbalance learners (``CDCClassifier``,
 * ``check_data`` validates ``X`` (:func:`fewmed._validation.check_images`) and
   ``y`` (any label values, at least two classes, matching length), records
   ``classes_``, ``n_features_in_``, ``input_shape_`` and the class counts, and
-  (re)builds the modules and criteria when the data's shape calls for it;
+  (re)builds the modules, criteria and optimizer when the data's shape calls for it;
+* ``on_train_begin`` (the net's own hook, which skorch calls before the
+  callbacks' ``on_train_begin``) runs ``check_data``, so callbacks that hold the
+  optimizer (``LRScheduler``) or the module get the ones that are trained, not
+  the pre-data placeholders; ``fit_loop``'s own ``check_data`` call with the same
+  data is then skipped (the data is checked, and the networks built, once per fit);
 * ``get_dataset`` converts images to float ``(n, C, H, W)`` and labels to codes
   ``0..n_classes-1`` (the models never see the raw labels), and checks at predict
   time that images have the shape seen in ``fit``;
@@ -410,9 +415,15 @@ class ImageNetClassifier(NeuralNetClassifier):
             raise ValueError(f"n_samples={n}: at least 2 samples are needed to fit a classifier.")
 
     def on_train_begin(self, net, X=None, y=None, **kwargs):
-        """Validate the raw input before any callback sees it."""
+        """Check the data and build the networks and optimizer *before* the callbacks start.
+
+        skorch calls this hook before the callbacks' ``on_train_begin`` and before
+        ``fit_loop``'s ``check_data``, so an ``LRScheduler`` gets the real optimizer.
+        """
+        self._prechecked_ = None  # a key left by an interrupted fit must not match
         if not isinstance(X, torch.utils.data.Dataset):
-            self._prevalidate(X, y)
+            self.check_data(X, y)
+            self._prechecked_ = (id(X), id(y))
         return super().on_train_begin(net, X=X, y=y, **kwargs)
 
     def _as_array(self, X: Any) -> np.ndarray:
@@ -453,7 +464,18 @@ class ImageNetClassifier(NeuralNetClassifier):
         return codes.astype(np.int64)
 
     def check_data(self, X: Any, y: Any = None) -> None:
-        """Validate images and labels, record ``classes_`` and the data facts, (re)build."""
+        """Validate images and labels, record ``classes_`` and the data facts, (re)build.
+
+        ``fit_loop``'s call right after ``on_train_begin`` checked the same ``X`` and
+        ``y`` returns at once (once; any other call checks). Subclasses extend
+        :meth:`_check_data`.
+        """
+        if self.__dict__.pop("_prechecked_", None) == (id(X), id(y)):
+            return
+        self._check_data(X, y)
+
+    def _check_data(self, X: Any, y: Any = None) -> None:
+        """The work of :meth:`check_data`: validate, record the data facts, (re)build."""
         self._prevalidate(X, y)
         Xc = self._as_array(X)
         y = self._validate_y(y, len(Xc))
@@ -473,10 +495,15 @@ class ImageNetClassifier(NeuralNetClassifier):
             "class_counts": np.bincount(codes, minlength=n_classes),
             "in_unit_range": bool(Xc.min() >= 0.0 and Xc.max() <= 1.0),
         }
+        self._set_data_info(X, Xc, codes, info)
+
+    def _set_data_info(self, X: Any, Xc: np.ndarray, targets: np.ndarray, info: dict) -> None:
+        """Record the checked data's facts and cache; (re)build what they call for."""
+        built = getattr(self, "built_for_", None)
         self.data_info_ = info
         self.input_shape_ = info["input_shape"]
-        self.n_features_in_ = int(Xc.shape[1] * Xc.shape[2] * Xc.shape[3])
-        self.fit_cache_ = (id(X), Xc, codes)
+        self.n_features_in_ = int(np.prod(Xc.shape[1:]))
+        self.fit_cache_ = (id(X), Xc, targets)
         if built != self._signature(info):
             self._initialize_module()
             self._initialize_criterion()
@@ -552,6 +579,7 @@ class ImageNetClassifier(NeuralNetClassifier):
 
     def on_train_end(self, net, X=None, y=None, **kwargs):
         self.fit_cache_ = None
+        self.__dict__.pop("_prechecked_", None)
         return super().on_train_end(net, X=X, y=y, **kwargs)
 
     # ------------------------------------------------------------------ training

@@ -102,6 +102,11 @@ None, default="balanced"
     decoder_filters : int or None, default=None
         Width of the decoder's blocks; ``None`` halves the feature map's channels
         at every block (at least 8). A smaller width makes the decoder cheaper.
+    decoder_scale : float in (0, 1], default=1.0
+        Resolution of the decoder's blocks relative to the image; below 1 the
+        reconstruction is upsampled (bilinear, no parameters) to full size at the
+        end. ``0.5`` removes the full-resolution convolutions, most of the
+        decoder's cost.
     augment : bool, dict or Augment, default=False
         Random scaling, rotation and flips of training batches
         (:class:`fewmed.nn.Augment`); the reconstruction target is the augmented
@@ -182,6 +187,7 @@ None, default="balanced"
         decoder: bool = True,
         decoder_blocks: int = 2,
         decoder_filters: int | None = None,
+        decoder_scale: float = 1.0,
         augment: Any = False,
         optimizer: Any = torch.optim.Adam,
         lr: float = 1e-3,
@@ -220,6 +226,7 @@ None, default="balanced"
         self.decoder = decoder
         self.decoder_blocks = decoder_blocks
         self.decoder_filters = decoder_filters
+        self.decoder_scale = decoder_scale
 
     # ------------------------------------------------------------------ params
     def _check_params(self) -> None:
@@ -242,6 +249,9 @@ None, default="balanced"
         df = self.decoder_filters
         if df is not None and (not isinstance(df, (int, np.integer)) or df < 1):
             raise ValueError(f"decoder_filters must be None or an int >= 1, got {df!r}.")
+        ds = self.decoder_scale
+        if not isinstance(ds, (int, float, np.number)) or not 0 < ds <= 1:
+            raise ValueError(f"decoder_scale must be a number in (0, 1], got {ds!r}.")
         for name in ("class_weight", "reconstruction_weight"):
             value = getattr(self, name)
             if isinstance(value, str) and value not in ("balanced", "inverse", "sqrt_inverse"):
@@ -272,6 +282,7 @@ None, default="balanced"
                 backbone,
                 n_blocks=self.decoder_blocks,
                 n_filters=self.decoder_filters,
+                scale=self.decoder_scale,
                 output="sigmoid" if info["in_unit_range"] else None,
             )
         elif "decoder_" in self.__dict__:
@@ -303,18 +314,6 @@ None, default="balanced"
             if self.decoder:
                 self.decoder_.to(memory_format=torch.channels_last)
         return self
-
-    def on_train_begin(self, net, X=None, y=None, **kwargs):
-        """Validate, then build the networks and optimizer *before* the callbacks start.
-
-        skorch notifies ``on_train_begin`` before ``fit_loop`` calls ``check_data``;
-        building here means callbacks that hold the optimizer (``LRScheduler``) or
-        the module get the ones that are trained, not the pre-data placeholders.
-        """
-        out = super().on_train_begin(net, X=X, y=y, **kwargs)
-        if not isinstance(X, torch.utils.data.Dataset):
-            self.check_data(X, y)
-        return out
 
     # ------------------------------------------------------------------ forward / loss
     def infer(self, x: Any, **fit_params: Any):

@@ -483,30 +483,31 @@ class DAMLClassifier(FewShotMixin):
         n_way, n_shot, n_query = self.task_shape_
         resume = self.warm_start and hasattr(self, "meta_net_") and old_shape == self.input_shape_
         if resume:
+            seed = self.meta_net_.seed
+        else:
+            seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        # build (and so validate) the tasks before a previous fit is replaced
+        train = TaskDataset(
+            torch.from_numpy(Xt),
+            y,
+            n_way=n_way,
+            n_shot=n_shot,
+            n_query=n_query,
+            seed=seed,
+            n_tasks=self.n_iterations * self.meta_batch_size,
+            tasks_per_epoch=self.iterations_per_epoch * self.meta_batch_size,
+            augment=make_augment(self.augment),
+        )
+        valid = self._valid_tasks(X_valid, y_valid, seed + 1)
+        if resume:
             for k, v in self._net_params().items():
                 setattr(self.meta_net_, k, v)
         else:
-            seed = int(check_random_state(self.random_state).randint(2**31 - 1))
             self.meta_net_ = self._make_net(seed)
         for a in self._adapted_attrs:
             if hasattr(self, a):
                 delattr(self, a)
-        fit_meta_net(
-            self.meta_net_,
-            TaskDataset(
-                torch.from_numpy(Xt),
-                y,
-                n_way=n_way,
-                n_shot=n_shot,
-                n_query=n_query,
-                seed=self.meta_net_.seed,
-                n_tasks=self.n_iterations * self.meta_batch_size,
-                tasks_per_epoch=self.iterations_per_epoch * self.meta_batch_size,
-                augment=make_augment(self.augment),
-            ),
-            self._valid_tasks(X_valid, y_valid, self.meta_net_.seed + 1),
-            resume=resume,
-        )
+        fit_meta_net(self.meta_net_, train, valid, resume=resume)
         return self
 
     # --------------------------------------------------------------- adapt

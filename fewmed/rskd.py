@@ -23,21 +23,30 @@ from typing import Any
 
 import numpy as np
 import torch
-from joblib import Memory, Parallel, delayed
-from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import type_of_target
-from skorch.callbacks import Callback
 from skorch.utils import to_tensor
 
-from ._distill import (
-    binary_log_probs,
+from ._distill import (  # the pieces that used to be imported here stay importable
+    binary_log_probs,  # noqa: F401
     build_subsets,
-    per_class_scores,
+    per_class_scores,  # noqa: F401
     relational_kd_loss,
-    relational_weights,
+    relational_weights,  # noqa: F401
 )
 from ._skorch import ArrayDataset, ImageNetClassifier, _collate_batch, sigmoid, softmax
+from ._subsets import (
+    EpochWeights,
+    balanced_loader,
+    balanced_sample_weights,
+    fit_teachers,
+    indicator,
+    is_multilabel,
+    multilabel_info,
+    teacher_datasets,
+    teacher_log_probs,
+    teacher_scores,
+    validation_split,
+)
 from .losses import class_weights, make_classification_loss
 from .nn import build_backbone
 
@@ -54,13 +63,6 @@ def _fit_teacher(params: dict, X: np.ndarray, y: np.ndarray, n_threads: int = 1)
         return RelationalSubsetsDistiller(**params).fit(X, y)
     finally:
         torch.set_num_threads(previous)
-
-
-class _EpochWeights(Callback):
-    """Records the epoch's KD weights and recomputes them (Eq. 3) after the epoch."""
-
-    def on_epoch_end(self, net, **kwargs):
-        net._end_of_epoch()
 
 
 class RelationalSubsetsDistiller(ImageNetClassifier):
@@ -321,7 +323,7 @@ default=None
     @property
     def _default_callbacks(self):
         cbs = list(super()._default_callbacks)
-        cbs.insert(len(cbs) - 1, ("kd_weights", _EpochWeights()))  # before print_log
+        cbs.insert(len(cbs) - 1, ("kd_weights", EpochWeights()))  # before print_log
         return cbs
 
     # ------------------------------------------------------------------ data
@@ -334,76 +336,29 @@ default=None
             bool(info.get("multilabel", False)),
         )
 
-    @staticmethod
-    def _is_multilabel(y: Any) -> bool:
-        if isinstance(y, torch.Tensor):
-            y = y.detach().cpu().numpy()
-        y = np.asarray(y)
-        return y.ndim == 2 and y.shape[1] > 1 and type_of_target(y) == "multilabel-indicator"
+    def initialize_module(self):
+        """Build the student; a (re)built student gets new teachers in ``get_split_datasets``.
 
-    def check_data(self, X: Any, y: Any = None) -> None:
+        So teachers are trained once per ``fit``, however often ``check_data`` runs, and
+        kept by ``partial_fit`` and ``warm_start`` refits with the same classes.
+        """
+        super().initialize_module()
+        self.teachers_pending_ = True
+        return self
+
+    def _check_data(self, X: Any, y: Any = None) -> None:
         """Validate images and labels (multi-class ``y`` or indicator ``Y``); (re)build."""
-        self.teachers_pending_ = getattr(self, "fresh_", True) or "teachers_" not in self.__dict__
-        if y is None or not self._is_multilabel(y):
+        if y is None or not is_multilabel(y):
             self.multilabel_ = False
-            super().check_data(X, y)
+            super()._check_data(X, y)
             self.data_info_["n_samples"] = int(self.data_info_["class_counts"].sum())
             return
         self._prevalidate(X, y)
         Xc = self._as_array(X)
-        Y = np.asarray(y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else y)
-        if len(Y) != len(Xc):
-            raise ValueError(f"X has {len(Xc)} samples but Y has {len(Y)}: they must match.")
+        Y, info = multilabel_info(Xc, y, self.classes)
         self.multilabel_ = True
-        n_labels = Y.shape[1]
-        if self.classes is not None and len(self.classes) != n_labels:
-            raise ValueError(
-                f"classes has {len(self.classes)} entries but Y has {n_labels} columns."
-            )
-        self.classes_inferred_ = np.arange(n_labels)
-        Y = Y.astype(np.float32)
-        info = {
-            "input_shape": tuple(int(v) for v in Xc.shape[1:]),
-            "n_classes": n_labels,
-            "class_counts": Y.sum(axis=0).astype(np.int64),
-            "in_unit_range": bool(Xc.min() >= 0.0 and Xc.max() <= 1.0),
-            "multilabel": True,
-            "n_samples": len(Y),
-        }
-        built = getattr(self, "built_for_", None)
-        self.data_info_ = info
-        self.input_shape_ = info["input_shape"]
-        self.n_features_in_ = int(np.prod(Xc.shape[1:]))
-        self.fit_cache_ = (id(X), Xc, Y)
-        if built != self._signature(info):
-            self._initialize_module()
-            self._initialize_criterion()
-            self._initialize_optimizer()
-        else:
-            self._initialize_criterion()
-        self.fresh_ = False
-
-    def _indicator(self, targets: np.ndarray) -> np.ndarray:
-        if self.multilabel_:
-            return np.asarray(targets).astype(np.int64)
-        return np.eye(len(self.classes_), dtype=np.int64)[np.asarray(targets)]
-
-    def _validation_split(self, targets: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        n = len(targets)
-        idx = np.arange(n)
-        n_valid = max(1, int(round(self.validation_fraction * n)))
-        if self.multilabel_:  # stratify on each row's rarest positive label
-            counts = targets.sum(axis=0)
-            rank = np.where(targets > 0, counts[None, :], np.inf)
-            strata = np.where(targets.any(axis=1), rank.argmin(axis=1), -1)
-        else:
-            strata = targets
-        _, sizes = np.unique(strata, return_counts=True)
-        stratify = strata if sizes.min() >= 2 and len(sizes) <= n_valid <= n - len(sizes) else None
-        train, valid = train_test_split(
-            idx, test_size=n_valid, stratify=stratify, random_state=seed
-        )
-        return np.sort(train), np.sort(valid)
+        self.classes_inferred_ = np.arange(info["n_classes"])
+        self._set_data_info(X, Xc, Y, info)
 
     def get_split_datasets(self, X: Any, y: Any = None, **fit_params: Any):
         """The training set, the validation hold-out (kept for Eq. 3) and the teachers.
@@ -440,8 +395,10 @@ default=None
             self.teachers_ = {}
             train = np.arange(len(Xc))
         else:
-            train, valid = self._validation_split(targets, seeds["split"])
-            if self.teachers_pending_ or set(self.teachers_) != set(self.subsets_):
+            train, valid = validation_split(
+                targets, self.validation_fraction, seeds["split"], self.multilabel_
+            )
+            if self.teachers_pending_ or set(getattr(self, "teachers_", {})) != set(self.subsets_):
                 self.teachers_ = self._fit_teachers(Xc[train], targets[train], seeds["teachers"])
             self._prepare_distillation(Xc[train], targets[train], Xc[valid], targets[valid])
         self.teachers_pending_ = False
@@ -472,129 +429,40 @@ default=None
         return params
 
     def _teacher_jobs(self, X: np.ndarray, targets: np.ndarray, seed: int) -> list:
-        rng = np.random.RandomState(seed)
-        jobs = []
-        for name, members in self.subsets_.items():
-            if self.multilabel_:
-                inside = targets[:, members].any(axis=1)
-                largest = int(targets[:, members].sum(axis=0).max())
-            else:
-                inside = np.isin(targets, members)
-                largest = int(np.bincount(targets[inside]).max()) if inside.any() else 0
-            idx_in, idx_out = np.flatnonzero(inside), np.flatnonzero(~inside)
-            if len(idx_out) > largest:
-                idx_out = np.sort(rng.choice(idx_out, size=largest, replace=False))
-            rows = np.concatenate([idx_in, idx_out])
-            if self.multilabel_ and len(members) > 1:
-                yt, ml = targets[rows][:, members].astype(np.int64), True
-                n_out, columns = len(members), None
-            elif self.multilabel_:  # a one-label subset: a binary softmax teacher
-                yt, ml = targets[rows][:, members[0]].astype(np.int64), False
-                n_out, columns = 2, np.array([1])
-            else:
-                position = np.full(len(self.classes_), len(members))
-                position[members] = np.arange(len(members))
-                yt, ml = position[targets[rows]], False
-                n_out, columns = len(members) + int(len(idx_out) > 0), np.arange(len(members))
-            if len(np.unique(yt)) < 2 and not ml:
-                raise ValueError(
-                    f"subsets: the teacher of subset {name!r} has a single class to learn; give "
-                    "subsets with several classes or leave classes outside them."
-                )
-            params = self._teacher_params(int(rng.randint(0, 2**31 - 1)), n_out)
-            if ml:
+        """``(name, params, X, y, columns)`` per teacher (see :func:`teacher_datasets`)."""
+        jobs, n_classes = [], len(self.classes_)
+        datasets = teacher_datasets(
+            self.subsets_, targets, multilabel=self.multilabel_, n_classes=n_classes, seed=seed
+        )
+        for data in datasets:
+            params = self._teacher_params(data.seed, data.n_outputs)
+            if data.multilabel:
                 params.pop("classes")
-            jobs.append((name, params, X[rows], yt, columns))
+            jobs.append((data.name, params, X[data.rows], data.y, data.columns))
         return jobs
 
     def _fit_teachers(self, X: np.ndarray, targets: np.ndarray, seed: int) -> dict:
         jobs = self._teacher_jobs(X, targets, seed)
-        fit = _fit_teacher
-        if self.memory is not None:
-            memory = (
-                self.memory if isinstance(self.memory, Memory) else Memory(self.memory, verbose=0)
-            )
-            fit = memory.cache(_fit_teacher, ignore=["n_threads"])
-        order = sorted(range(len(jobs)), key=lambda j: -len(jobs[j][2]))  # longest first
-        fitted = Parallel(n_jobs=self.n_jobs, backend="loky")(
-            delayed(fit)(jobs[j][1], jobs[j][2], jobs[j][3], 1) for j in order
-        )
-        teachers = {}
-        for j, est in zip(order, fitted):
-            est.subset_columns_ = jobs[j][4]
-            teachers[jobs[j][0]] = est
-        return {name: teachers[name] for name in self.subsets_}
-
-    def _teacher_logits(self, X: Any) -> dict:
-        """Each teacher's raw outputs on ``X`` (evaluation mode, in chunks)."""
-        Xt = to_tensor(X, device=self.device)
-        out = {}
-        for name, t in self.teachers_.items():
-            t.module_.eval()
-            with torch.no_grad():
-                out[name] = torch.cat(
-                    [t.module_(Xt[i : i + 1024].to(t.device)) for i in range(0, len(Xt), 1024)]
-                ).to(Xt.device)
-        return out
-
-    def _teacher_class_probs(self, X: Any) -> np.ndarray:
-        """``(n, n_classes)``: each class's probability by its teacher (T = 1), NaN without."""
-        logits = self._teacher_logits(X)
-        out = np.full((len(X), len(self.classes_)), np.nan)
-        for name, members in self.subsets_.items():
-            t = self.teachers_[name]
-            proba = t._get_predict_nonlinearity()(logits[name]).cpu().numpy()
-            cols = t.subset_columns_
-            out[:, members] = proba[:, np.arange(len(members)) if cols is None else cols]
-        return out
+        return fit_teachers(jobs, _fit_teacher, n_jobs=self.n_jobs, memory=self.memory)
 
     def _teacher_log_probs(self, X: Any, temperature: float, y: Any = None) -> torch.Tensor:
-        """The teachers' soft targets at ``temperature`` (see ``relational_kd_loss``).
-
-        Multi-label: ``(n, n_classes, 2)``, ``log q_i`` and ``log(1 - q_i)``.
-        Multi-class: ``(n, n_classes + 1)``, the log-probabilities of the teacher of
-        each sample's class (``y``) over its subset's columns and "other" (last),
-        ``-inf`` elsewhere.
-        """
-        logits = self._teacher_logits(X)
-        n, k = len(X), len(self.classes_)
-        if self.multilabel_:
-            out = torch.zeros(n, k, 2)
-        else:
-            out = torch.full((n, k + 1), -torch.inf)
-            y = torch.as_tensor(np.asarray(y)).long().cpu()
-        for name, members in self.subsets_.items():
-            t, z = self.teachers_[name], logits[name].cpu()
-            cols = t.subset_columns_
-            cols = torch.arange(len(members)) if cols is None else torch.as_tensor(cols)
-            m = torch.as_tensor(members)
-            if self.multilabel_:
-                log_p, log_not = binary_log_probs(z, temperature, t.multilabel_)
-                out[:, m, 0], out[:, m, 1] = log_p[:, cols], log_not[:, cols]
-                continue
-            rows = torch.isin(y, m)
-            lp = torch.log_softmax(z[rows] / temperature, dim=1)
-            block = torch.full((int(rows.sum()), k + 1), -torch.inf)
-            block[:, m] = lp[:, cols]
-            if lp.shape[1] > len(members):  # the teacher's "other" output
-                block[:, k] = lp[:, -1]
-            out[rows] = block
-        return out
+        """The teachers' soft targets at ``temperature`` (:func:`teacher_log_probs`)."""
+        return teacher_log_probs(
+            self.teachers_,
+            self.subsets_,
+            X,
+            temperature,
+            n_classes=len(self.classes_),
+            multilabel=self.multilabel_,
+            y=y,
+            device=self.device,
+        )
 
     def _prepare_distillation(self, X_train, y_train, X_valid, y_valid) -> None:
-        n_classes = len(self.classes_)
-        has_teacher = np.zeros(n_classes, dtype=bool)
-        for members in self.subsets_.values():
-            has_teacher[members] = True
-        truth = self._indicator(y_valid)
-        t_scores = np.full(n_classes, np.nan)
-        if len(X_valid):
-            t_scores[has_teacher] = per_class_scores(
-                truth,
-                np.nan_to_num(self._teacher_class_probs(X_valid)),
-                self.weight_metric,
-            )[has_teacher]
-        self.teacher_scores_ = t_scores
+        truth = indicator(y_valid, self.multilabel_, len(self.classes_))
+        has_teacher, self.teacher_scores_ = teacher_scores(
+            self.teachers_, self.subsets_, X_valid, truth, self.weight_metric, self.device
+        )
         self.kd_weights_ = has_teacher.astype(np.float64)
         precomputed = None
         if not self.augment:
@@ -635,14 +503,7 @@ default=None
     def _sampling_weights(self, targets: np.ndarray) -> np.ndarray | None:
         if self.sampler is None:
             return None
-        if self.multilabel_:
-            counts = targets.sum(axis=0)
-            inv = np.where(targets > 0, 1.0 / np.maximum(counts, 1)[None, :], 0.0).max(axis=1)
-            none = inv == 0
-            inv[none] = 1.0 / max(int(none.sum()), 1)
-            return inv
-        counts = np.bincount(targets, minlength=len(self.classes_))
-        return 1.0 / counts[targets]
+        return balanced_sample_weights(targets, self.multilabel_, len(self.classes_))
 
     def get_iterator(self, dataset, training: bool = False):
         """skorch's iterator; a seeded class-balanced sampler when ``sampler="balanced"``."""
@@ -650,13 +511,8 @@ default=None
         if not (training and weights is not None and isinstance(dataset, ArrayDataset)):
             return super().get_iterator(dataset, training=training)
         super().get_iterator(dataset, training=True)  # seeds the augmentation
-        generator = torch.Generator().manual_seed(self.seeds_["loader"])
-        sampler = torch.utils.data.WeightedRandomSampler(
-            torch.as_tensor(weights, dtype=torch.double), len(dataset), generator=generator
-        )
-        batch_size = len(dataset) if self.batch_size == -1 else self.batch_size
-        return torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, collate_fn=_collate_batch
+        return balanced_loader(
+            dataset, weights, self.batch_size, self.seeds_["loader"], _collate_batch
         )
 
     # ------------------------------------------------------------------ loss
@@ -704,26 +560,6 @@ default=None
         )
         self.last_terms_ = {"train_loss_base": base.item(), "train_loss_kd": kd.item()}
         return base + kd
-
-    def _end_of_epoch(self) -> None:
-        state = getattr(self, "_kd_state_", None)
-        if self.kd is None or state is None:
-            return
-        used = np.asarray(self.kd_weights_, dtype=np.float64)
-        self.kd_weights_history_ = np.vstack([self.kd_weights_history_, used])
-        X_valid, truth = state["valid"]
-        scores = np.full(len(self.classes_), np.nan)
-        if len(X_valid):
-            logits = self.forward(ArrayDataset(X_valid), training=False)
-            proba = self._get_predict_nonlinearity()(logits).cpu().numpy()
-            scores = per_class_scores(truth, proba, self.weight_metric)
-        self.student_scores_history_ = np.vstack([self.student_scores_history_, scores])
-        if self.kd == "relational":
-            new = relational_weights(self.teacher_scores_, scores, self.delta)
-            new[~state["has_teacher"]] = 0.0
-            self.kd_weights_ = new
-        self.history.record("kd_weights", used.tolist())
-        self.history.record("valid_class_scores", scores.tolist())
 
     def on_train_end(self, net, X=None, y=None, **kwargs):
         """Drop the fit-time arrays (labels, soft targets, validation images)."""

@@ -281,6 +281,30 @@ def test_reproducible_pickle_and_clone(toy):
     assert params["subsets"] == "shot" and params["delta"] == 0.6
 
 
+def test_teachers_trained_once_per_fit(toy, monkeypatch):
+    import fewmed.rskd as rskd_module
+
+    fits = []
+    fit_teacher = rskd_module._fit_teacher
+
+    def counting(params, X, y, n_threads=1):
+        fits.append(len(X))
+        return fit_teacher(params, X, y, n_threads)
+
+    monkeypatch.setattr(rskd_module, "_fit_teacher", counting)
+    X, y = toy
+    clf = RelationalSubsetsDistiller(subsets=[["nv"], ["mel", "bkl", "df"]], **SMALL)
+    clf.fit(X, y)  # check_data runs in on_train_begin; the teachers are trained once
+    assert len(fits) == 2
+    first = dict(clf.teachers_)
+    clf.fit(X, y)  # a refit trains new teachers, once
+    assert len(fits) == 4 and all(clf.teachers_[k] is not first[k] for k in first)
+    kept = dict(clf.teachers_)
+    clf.check_data(X, y)
+    clf.partial_fit(X, y)  # continues the student with the same teachers
+    assert len(fits) == 4 and all(clf.teachers_[k] is kept[k] for k in kept)
+
+
 def test_memory_reuses_teachers(toy, tmp_path):
     X, y = toy
     a = RelationalSubsetsDistiller(memory=str(tmp_path), temperature=3.0, **SMALL).fit(X, y)

@@ -92,6 +92,20 @@ def test_decoder_output_range():
     assert out.shape == (4, 3, 28, 28) and out.min() >= 0 and out.max() <= 1
 
 
+def test_decoder_scale_keeps_convolutions_off_full_resolution():
+    dec = Decoder((16, 1, 1), (3, 28, 28), n_blocks=2, scale=0.5)
+    sizes = []
+    hook = lambda m, i, o: sizes.append(tuple(i[0].shape[-2:]))  # noqa: E731
+    for m in dec.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(hook)
+    out = dec(torch.randn(2, 16, 1, 1))
+    assert out.shape == (2, 3, 28, 28) and out.min() >= 0 and out.max() <= 1
+    assert max(sizes) == (14, 14)  # every convolution works at half resolution
+    with pytest.raises(ValueError, match="scale"):
+        Decoder((16, 1, 1), (3, 28, 28), scale=0)
+
+
 def test_reference_batchnorm_uses_reference_statistics():
     bn = ReferenceBatchNorm2d(3)
     support, others = torch.randn(4, 3, 5, 5), torch.randn(6, 3, 5, 5) * 10 + 3

@@ -54,6 +54,7 @@ PROFILES = {
         batch_size=128,
         lr=3e-3,
         decoder_filters=None,
+        decoder_scale=0.5,  # half-resolution decoder blocks: 1.5x a plain epoch, not 2.3-2.8x
         augment="flips",
         schedule="cosine",
         nv_cap=None,
@@ -67,6 +68,7 @@ PROFILES = {
         batch_size=64,
         lr=1e-3,
         decoder_filters=None,
+        decoder_scale=1.0,
         augment="full",
         schedule="cosine",
         nv_cap=None,
@@ -93,6 +95,9 @@ def add_arguments(parser) -> None:
         choices=["balanced", "sqrt_inverse", "inverse", "none"],
     )
     parser.add_argument("--decoder-filters", type=int, default=None)
+    parser.add_argument(
+        "--decoder-scale", type=float, default=None, help="decoder resolution (0, 1]"
+    )
     parser.add_argument("--augment", default=None, choices=list(AUGMENT))
     parser.add_argument("--schedule", default=None, choices=["cosine", "none"])
     parser.add_argument(
@@ -176,6 +181,7 @@ def run(args) -> dict:
     lr = args.lr or prof["lr"]
     augment = args.augment or prof["augment"]
     dec_filters = args.decoder_filters or prof["decoder_filters"]
+    dec_scale = args.decoder_scale or prof["decoder_scale"]
     schedule = args.schedule or prof["schedule"]
     nv_cap = args.nv_cap if args.nv_cap is not None else prof["nv_cap"]
     rec_weight = None if args.reconstruction_weight == "none" else args.reconstruction_weight
@@ -198,7 +204,7 @@ def run(args) -> dict:
         f"StratifiedGroupKFold on lesions; {prof['module']}-{filters}, {epochs} epochs, "
         f"batch {batch_size}, Adam lr {lr} ({schedule} schedule), augment {augment!r}, "
         f"alpha {args.alpha}, beta {args.beta}, reconstruction_weight {rec_weight}, "
-        f"decoder_filters {dec_filters}",
+        f"decoder_filters {dec_filters}, decoder_scale {dec_scale}",
         flush=True,
     )
     if nv_cap is not None:
@@ -227,6 +233,7 @@ def run(args) -> dict:
                 beta=args.beta,
                 reconstruction_weight=rec_weight,
                 decoder_filters=dec_filters,
+                decoder_scale=dec_scale,
                 augment=AUGMENT[augment],
                 callbacks=_callbacks(schedule, epochs, len(tr), batch_size),
                 random_state=args.seed + fold,
@@ -327,6 +334,7 @@ def run(args) -> dict:
         "nv_cap": nv_cap,
         "reconstruction_weight": rec_weight,
         "decoder_filters": dec_filters,
+        "decoder_scale": dec_scale,
         "classes": names,
         "results": results,
         "epoch_seconds": {m: float(np.mean(d)) for m, d in durations.items()},

@@ -280,6 +280,9 @@ class Decoder(nn.Module):
     bring the map to the input size on a geometric schedule; a final 3x3
     convolution maps to the image channels, followed by ``output`` (``"sigmoid"``
     for images in [0, 1]). This is the "2 (de)convolution blocks" decoder of CDC.
+    With ``scale < 1`` the blocks and the final convolution work at ``scale``
+    times the input size and a parameter-free bilinear upsampling restores it:
+    the full-resolution convolutions are what makes the decoder expensive.
 
     Parameters
     ----------
@@ -291,12 +294,16 @@ class Decoder(nn.Module):
     n_filters : int or None, default=None
         Width of the blocks; ``None`` halves ``c`` at every block (at least 8).
     output : {"sigmoid", None}, default="sigmoid"
+    scale : float in (0, 1], default=1.0
+        Resolution of the blocks relative to the output.
 
     Examples
     --------
     >>> import torch
     >>> dec = Decoder((64, 1, 1), (3, 28, 28))
     >>> dec(torch.zeros(2, 64, 1, 1)).shape
+    torch.Size([2, 3, 28, 28])
+    >>> Decoder((64, 1, 1), (3, 28, 28), scale=0.5)(torch.zeros(2, 64, 1, 1)).shape
     torch.Size([2, 3, 28, 28])
     """
 
@@ -307,13 +314,17 @@ class Decoder(nn.Module):
         n_blocks: int = 2,
         n_filters: int | None = None,
         output: str | None = "sigmoid",
+        scale: float = 1.0,
     ) -> None:
         super().__init__()
         if n_blocks < 1:
             raise ValueError(f"n_blocks must be >= 1, got {n_blocks}.")
+        if not 0 < scale <= 1:
+            raise ValueError(f"scale must be in (0, 1], got {scale}.")
         c, h, w = (int(v) for v in feature_shape)
-        C, H, W = (int(v) for v in output_shape)
-        self.output_shape = (C, H, W)
+        C, H_out, W_out = (int(v) for v in output_shape)
+        self.output_shape = (C, H_out, W_out)
+        H, W = max(1, round(H_out * scale)), max(1, round(W_out * scale))
         blocks: list[nn.Module] = []
         for i in range(1, n_blocks + 1):
             frac = i / n_blocks
@@ -330,6 +341,8 @@ class Decoder(nn.Module):
             ]
             c = c_out
         blocks.append(nn.Conv2d(c, C, 3, padding=1))
+        if (H, W) != (H_out, W_out):
+            blocks.append(nn.Upsample(size=(H_out, W_out), mode="bilinear", align_corners=False))
         if output == "sigmoid":
             blocks.append(nn.Sigmoid())
         elif output is not None:

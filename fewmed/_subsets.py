@@ -1,0 +1,462 @@
+"""The data side of relational-subsets knowledge distillation (RSKD).
+
+:class:`fewmed.rskd.RelationalSubsetsDistiller` trains one teacher per class
+subset (:func:`fewmed._distill.build_subsets`) and distils the student from them.
+This module holds the work around the subsets, as functions of arrays and of
+the fitted teachers (``fewmed/rskd.py`` keeps the estimator and its skorch hooks):
+
+* :func:`validation_split` is the stratified hold-out on which Eq. 3 compares
+  teacher and student (multi-label rows stratified by their rarest label);
+* :func:`teacher_datasets` builds each teacher's training set: the subset's
+  samples plus an "other" share drawn from the rest, with the labels the teacher
+  learns and the columns of its output that stand for the subset's classes;
+  :func:`fit_teachers` trains the teachers in parallel (joblib, loky), cached;
+* :func:`teacher_logits`, :func:`teacher_class_probs` and
+  :func:`teacher_log_probs` map the teachers' outputs back to the student's
+  classes (probabilities for Eq. 3, soft targets for the distillation loss);
+  :func:`teacher_scores` is the teachers' side of Eq. 3, and the
+  :class:`EpochWeights` callback the per-epoch update of the weights;
+* :func:`is_multilabel`, :func:`multilabel_info`, :func:`indicator`,
+  :func:`balanced_sample_weights` and :func:`balanced_loader` are helpers on the
+  targets (multi-label ``Y``, one-hot / indicator rows, class-balanced sampling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from joblib import Memory, Parallel, delayed
+from sklearn.model_selection import train_test_split
+from sklearn.utils.multiclass import type_of_target
+from skorch.callbacks import Callback
+from skorch.utils import to_tensor
+
+from ._distill import binary_log_probs, per_class_scores, relational_weights
+from ._skorch import ArrayDataset
+
+__all__ = [
+    "EpochWeights",
+    "TeacherData",
+    "balanced_loader",
+    "balanced_sample_weights",
+    "fit_teachers",
+    "indicator",
+    "is_multilabel",
+    "multilabel_info",
+    "teacher_class_probs",
+    "teacher_datasets",
+    "teacher_log_probs",
+    "teacher_logits",
+    "teacher_scores",
+    "validation_split",
+]
+
+
+class TeacherData(NamedTuple):
+    """One teacher's training set, as built by :func:`teacher_datasets`."""
+
+    name: str
+    """The subset's name."""
+    rows: np.ndarray
+    """Indices of the teacher's training samples into ``X`` / ``targets``."""
+    y: np.ndarray
+    """The teacher's targets: codes (softmax teacher) or an indicator (multi-label)."""
+    n_outputs: int
+    """Outputs of the teacher's network."""
+    columns: np.ndarray | None
+    """Output columns of the subset's classes, in order (``None``: all of them)."""
+    multilabel: bool
+    """Whether the teacher is a multi-label (sigmoid) network."""
+    seed: int
+    """The teacher's ``random_state``."""
+
+
+def is_multilabel(y: Any) -> bool:
+    """Whether ``y`` is a multi-label ``{0, 1}`` indicator matrix (several columns).
+
+    Examples
+    --------
+    >>> is_multilabel(np.array([[1, 0], [1, 1]])), is_multilabel(np.array([0, 1]))
+    (True, False)
+    """
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().numpy()
+    y = np.asarray(y)
+    return y.ndim == 2 and y.shape[1] > 1 and type_of_target(y) == "multilabel-indicator"
+
+
+def multilabel_info(Xc: np.ndarray, Y: Any, classes: Any = None) -> tuple[np.ndarray, dict]:
+    """Check an indicator ``Y`` against images ``Xc``; ``Y`` as float32 and the data facts.
+
+    The facts are those of ``ImageNetClassifier.check_data`` (``input_shape``,
+    ``n_classes``, ``class_counts``: positives per label, ``in_unit_range``) plus
+    ``multilabel=True`` and ``n_samples``.
+
+    Examples
+    --------
+    >>> Y, info = multilabel_info(np.zeros((2, 1, 4, 4)), np.array([[1, 0], [1, 1]]))
+    >>> Y.dtype, info["class_counts"].tolist(), info["n_samples"]
+    (dtype('float32'), [2, 1], 2)
+    """
+    Y = np.asarray(Y.detach().cpu().numpy() if isinstance(Y, torch.Tensor) else Y)
+    if len(Y) != len(Xc):
+        raise ValueError(f"X has {len(Xc)} samples but Y has {len(Y)}: they must match.")
+    n_labels = Y.shape[1]
+    if classes is not None and len(classes) != n_labels:
+        raise ValueError(f"classes has {len(classes)} entries but Y has {n_labels} columns.")
+    Y = Y.astype(np.float32)
+    info = {
+        "input_shape": tuple(int(v) for v in Xc.shape[1:]),
+        "n_classes": n_labels,
+        "class_counts": Y.sum(axis=0).astype(np.int64),
+        "in_unit_range": bool(Xc.min() >= 0.0 and Xc.max() <= 1.0),
+        "multilabel": True,
+        "n_samples": len(Y),
+    }
+    return Y, info
+
+
+def indicator(targets: np.ndarray, multilabel: bool, n_classes: int) -> np.ndarray:
+    """``{0, 1}`` rows ``(n, n_classes)``: the indicator itself, or one-hot codes.
+
+    Examples
+    --------
+    >>> indicator(np.array([1, 0]), False, 3).tolist()
+    [[0, 1, 0], [1, 0, 0]]
+    """
+    if multilabel:
+        return np.asarray(targets).astype(np.int64)
+    return np.eye(n_classes, dtype=np.int64)[np.asarray(targets)]
+
+
+def validation_split(
+    targets: np.ndarray, fraction: float, seed: int, multilabel: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ``(train, valid)`` indices, ``valid`` a ``fraction`` (at least one sample).
+
+    Stratified on the class codes, or for an indicator ``targets`` on each row's
+    rarest positive label (rows without one form a stratum); not stratified when
+    a stratum has a single sample or the hold-out cannot hold every stratum.
+
+    Examples
+    --------
+    >>> train, valid = validation_split(np.repeat([0, 1], 10), 0.2, seed=0)
+    >>> len(train), np.bincount(np.repeat([0, 1], 10)[valid]).tolist()
+    (16, [2, 2])
+    """
+    n = len(targets)
+    idx = np.arange(n)
+    n_valid = max(1, int(round(fraction * n)))
+    if multilabel:  # stratify on each row's rarest positive label
+        counts = targets.sum(axis=0)
+        rank = np.where(targets > 0, counts[None, :], np.inf)
+        strata = np.where(targets.any(axis=1), rank.argmin(axis=1), -1)
+    else:
+        strata = targets
+    _, sizes = np.unique(strata, return_counts=True)
+    stratify = strata if sizes.min() >= 2 and len(sizes) <= n_valid <= n - len(sizes) else None
+    train, valid = train_test_split(idx, test_size=n_valid, stratify=stratify, random_state=seed)
+    return np.sort(train), np.sort(valid)
+
+
+def teacher_datasets(
+    subsets: Mapping[str, np.ndarray],
+    targets: np.ndarray,
+    *,
+    multilabel: bool,
+    n_classes: int,
+    seed: int,
+) -> Iterator[TeacherData]:
+    """Each subset's teacher training set, in the order of ``subsets``.
+
+    A teacher learns from the samples of its subset (multi-label: rows with a
+    positive in it) plus an "other" share: out-of-subset samples drawn at random
+    (seeded) up to the size of the subset's largest class. Multi-class teachers
+    learn the subset's classes + one "other" class (last); multi-label teachers
+    the subset's labels, and a one-label subset gives a binary softmax teacher.
+    ``seed`` seeds the draws and each teacher's ``random_state``.
+
+    Parameters
+    ----------
+    subsets : mapping of str to ndarray
+        Subset name -> class indices (:func:`fewmed._distill.build_subsets`).
+    targets : ndarray of shape (n,) or (n, n_classes)
+        Class codes or a ``{0, 1}`` indicator.
+    multilabel : bool
+    n_classes : int
+    seed : int
+
+    Yields
+    ------
+    TeacherData
+
+    Raises
+    ------
+    ValueError
+        When a multi-class teacher would have a single class to learn.
+
+    Examples
+    --------
+    >>> y = np.array([0] * 6 + [1] * 3 + [2] * 2)
+    >>> subsets = {"head": np.array([0]), "tail": np.array([1, 2])}
+    >>> [(t.name, t.n_outputs, np.bincount(t.y).tolist())
+    ...  for t in teacher_datasets(subsets, y, multilabel=False, n_classes=3, seed=0)]
+    [('head', 2, [6, 5]), ('tail', 3, [3, 2, 3])]
+    """
+    rng = np.random.RandomState(seed)
+    for name, members in subsets.items():
+        if multilabel:
+            inside = targets[:, members].any(axis=1)
+            largest = int(targets[:, members].sum(axis=0).max())
+        else:
+            inside = np.isin(targets, members)
+            largest = int(np.bincount(targets[inside]).max()) if inside.any() else 0
+        idx_in, idx_out = np.flatnonzero(inside), np.flatnonzero(~inside)
+        if len(idx_out) > largest:
+            idx_out = np.sort(rng.choice(idx_out, size=largest, replace=False))
+        rows = np.concatenate([idx_in, idx_out])
+        if multilabel and len(members) > 1:
+            yt, ml = targets[rows][:, members].astype(np.int64), True
+            n_out, columns = len(members), None
+        elif multilabel:  # a one-label subset: a binary softmax teacher
+            yt, ml = targets[rows][:, members[0]].astype(np.int64), False
+            n_out, columns = 2, np.array([1])
+        else:
+            position = np.full(n_classes, len(members))
+            position[members] = np.arange(len(members))
+            yt, ml = position[targets[rows]], False
+            n_out, columns = len(members) + int(len(idx_out) > 0), np.arange(len(members))
+        if len(np.unique(yt)) < 2 and not ml:
+            raise ValueError(
+                f"subsets: the teacher of subset {name!r} has a single class to learn; give "
+                "subsets with several classes or leave classes outside them."
+            )
+        yield TeacherData(name, rows, yt, n_out, columns, ml, int(rng.randint(0, 2**31 - 1)))
+
+
+def fit_teachers(
+    jobs: Sequence[tuple],
+    fit: Callable,
+    *,
+    n_jobs: int | None = None,
+    memory: Any = None,
+) -> dict[str, Any]:
+    """Fit the teachers of ``jobs`` (``(name, params, X, y, columns)``), in parallel.
+
+    ``fit(params, X, y, n_threads)`` fits one teacher; it runs with one torch
+    thread in ``n_jobs`` joblib *loky* workers, the largest training sets first,
+    and through ``memory`` (a path or :class:`joblib.Memory`) when given. Each
+    fitted teacher gets ``subset_columns_`` (its job's ``columns``).
+
+    Returns
+    -------
+    dict
+        Name -> fitted teacher, in the order of ``jobs``.
+    """
+    if memory is not None:
+        memory = memory if isinstance(memory, Memory) else Memory(memory, verbose=0)
+        fit = memory.cache(fit, ignore=["n_threads"])
+    order = sorted(range(len(jobs)), key=lambda j: -len(jobs[j][2]))  # longest first
+    fitted = Parallel(n_jobs=n_jobs, backend="loky")(
+        delayed(fit)(jobs[j][1], jobs[j][2], jobs[j][3], 1) for j in order
+    )
+    teachers = {}
+    for j, est in zip(order, fitted):
+        est.subset_columns_ = jobs[j][4]
+        teachers[jobs[j][0]] = est
+    return {job[0]: teachers[job[0]] for job in jobs}
+
+
+def teacher_logits(teachers: Mapping[str, Any], X: Any, device: Any) -> dict[str, torch.Tensor]:
+    """Each teacher's raw outputs on ``X`` (evaluation mode, in chunks), on ``device``."""
+    Xt = to_tensor(X, device=device)
+    out = {}
+    for name, t in teachers.items():
+        t.module_.eval()
+        with torch.no_grad():
+            out[name] = torch.cat(
+                [t.module_(Xt[i : i + 1024].to(t.device)) for i in range(0, len(Xt), 1024)]
+            ).to(Xt.device)
+    return out
+
+
+def teacher_class_probs(
+    teachers: Mapping[str, Any],
+    subsets: Mapping[str, np.ndarray],
+    X: Any,
+    n_classes: int,
+    device: Any = "cpu",
+) -> np.ndarray:
+    """``(n, n_classes)``: each class's probability by its teacher (T = 1), NaN without.
+
+    Every teacher carries ``subset_columns_``, the :attr:`TeacherData.columns` of
+    its training set.
+    """
+    logits = teacher_logits(teachers, X, device)
+    out = np.full((len(X), n_classes), np.nan)
+    for name, members in subsets.items():
+        t = teachers[name]
+        proba = t._get_predict_nonlinearity()(logits[name]).cpu().numpy()
+        cols = t.subset_columns_
+        out[:, members] = proba[:, np.arange(len(members)) if cols is None else cols]
+    return out
+
+
+def teacher_log_probs(
+    teachers: Mapping[str, Any],
+    subsets: Mapping[str, np.ndarray],
+    X: Any,
+    temperature: float,
+    *,
+    n_classes: int,
+    multilabel: bool,
+    y: Any = None,
+    device: Any = "cpu",
+) -> torch.Tensor:
+    """The teachers' soft targets at ``temperature`` (see ``relational_kd_loss``).
+
+    Multi-label: ``(n, n_classes, 2)``, ``log q_i`` and ``log(1 - q_i)``.
+    Multi-class: ``(n, n_classes + 1)``, the log-probabilities of the teacher of
+    each sample's class (``y``) over its subset's columns and "other" (last),
+    ``-inf`` elsewhere.
+    """
+    logits = teacher_logits(teachers, X, device)
+    n, k = len(X), n_classes
+    if multilabel:
+        out = torch.zeros(n, k, 2)
+    else:
+        out = torch.full((n, k + 1), -torch.inf)
+        y = torch.as_tensor(np.asarray(y)).long().cpu()
+    for name, members in subsets.items():
+        t, z = teachers[name], logits[name].cpu()
+        cols = t.subset_columns_
+        cols = torch.arange(len(members)) if cols is None else torch.as_tensor(cols)
+        m = torch.as_tensor(members)
+        if multilabel:
+            log_p, log_not = binary_log_probs(z, temperature, t.multilabel_)
+            out[:, m, 0], out[:, m, 1] = log_p[:, cols], log_not[:, cols]
+            continue
+        rows = torch.isin(y, m)
+        lp = torch.log_softmax(z[rows] / temperature, dim=1)
+        block = torch.full((int(rows.sum()), k + 1), -torch.inf)
+        block[:, m] = lp[:, cols]
+        if lp.shape[1] > len(members):  # the teacher's "other" output
+            block[:, k] = lp[:, -1]
+        out[rows] = block
+    return out
+
+
+def teacher_scores(
+    teachers: Mapping[str, Any],
+    subsets: Mapping[str, np.ndarray],
+    X_valid: np.ndarray,
+    truth: np.ndarray,
+    metric: str = "ap",
+    device: Any = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The teachers' side of Eq. 3: which classes have a teacher, and its score.
+
+    Parameters
+    ----------
+    teachers, subsets : mappings of the subset names
+    X_valid : ndarray of shape (n, C, H, W)
+        The validation hold-out (may be empty).
+    truth : ndarray of shape (n, n_classes)
+        Its ``{0, 1}`` rows (:func:`indicator`).
+    metric : {"ap", "accuracy"}, default="ap"
+    device : str or torch.device, default="cpu"
+
+    Returns
+    -------
+    has_teacher : ndarray of bool, shape (n_classes,)
+    scores : ndarray of shape (n_classes,)
+        Each class's teacher performance on the hold-out (NaN without a teacher or
+        without validation data).
+    """
+    n_classes = truth.shape[1]
+    has_teacher = np.zeros(n_classes, dtype=bool)
+    for members in subsets.values():
+        has_teacher[members] = True
+    scores = np.full(n_classes, np.nan)
+    if len(X_valid):
+        proba = teacher_class_probs(teachers, subsets, X_valid, n_classes, device)
+        scores[has_teacher] = per_class_scores(truth, np.nan_to_num(proba), metric)[has_teacher]
+    return has_teacher, scores
+
+
+class EpochWeights(Callback):
+    """Records the epoch's KD weights and recomputes them (Eq. 3) after the epoch.
+
+    The ``"kd_weights"`` callback of :class:`fewmed.rskd.RelationalSubsetsDistiller`.
+    At every ``on_epoch_end`` of a distilling fit it appends the weights used to
+    ``kd_weights_history_``, scores the student per class on the validation
+    hold-out (``student_scores_history_``) and, for ``kd="relational"``, sets
+    ``kd_weights_`` by :func:`fewmed._distill.relational_weights` (0 for classes
+    without a teacher); both go to the history (``kd_weights``,
+    ``valid_class_scores``).
+    """
+
+    def on_epoch_end(self, net, **kwargs):
+        state = getattr(net, "_kd_state_", None)
+        if net.kd is None or state is None:
+            return
+        used = np.asarray(net.kd_weights_, dtype=np.float64)
+        net.kd_weights_history_ = np.vstack([net.kd_weights_history_, used])
+        X_valid, truth = state["valid"]
+        scores = np.full(len(net.classes_), np.nan)
+        if len(X_valid):
+            logits = net.forward(ArrayDataset(X_valid), training=False)
+            proba = net._get_predict_nonlinearity()(logits).cpu().numpy()
+            scores = per_class_scores(truth, proba, net.weight_metric)
+        net.student_scores_history_ = np.vstack([net.student_scores_history_, scores])
+        if net.kd == "relational":
+            new = relational_weights(net.teacher_scores_, scores, net.delta)
+            new[~state["has_teacher"]] = 0.0
+            net.kd_weights_ = new
+        net.history.record("kd_weights", used.tolist())
+        net.history.record("valid_class_scores", scores.tolist())
+
+
+def balanced_sample_weights(targets: np.ndarray, multilabel: bool, n_classes: int) -> np.ndarray:
+    """Class-balanced sampling weights: ``1 / count`` of a sample's class.
+
+    A multi-label row gets the weight of its rarest positive label; rows without
+    a positive share one class's worth of weight.
+
+    Examples
+    --------
+    >>> balanced_sample_weights(np.array([0, 0, 0, 1]), False, 2).round(2).tolist()
+    [0.33, 0.33, 0.33, 1.0]
+    """
+    if multilabel:
+        counts = targets.sum(axis=0)
+        inv = np.where(targets > 0, 1.0 / np.maximum(counts, 1)[None, :], 0.0).max(axis=1)
+        none = inv == 0
+        inv[none] = 1.0 / max(int(none.sum()), 1)
+        return inv
+    counts = np.bincount(targets, minlength=n_classes)
+    return 1.0 / counts[targets]
+
+
+def balanced_loader(
+    dataset: torch.utils.data.Dataset,
+    weights: np.ndarray,
+    batch_size: int,
+    seed: int,
+    collate_fn: Callable | None = None,
+) -> torch.utils.data.DataLoader:
+    """A seeded ``DataLoader`` drawing ``len(dataset)`` samples with ``weights``.
+
+    ``batch_size=-1`` gives one batch of the whole epoch.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    sampler = torch.utils.data.WeightedRandomSampler(
+        torch.as_tensor(weights, dtype=torch.double), len(dataset), generator=generator
+    )
+    batch_size = len(dataset) if batch_size == -1 else batch_size
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn
+    )
