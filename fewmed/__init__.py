@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "DAMLClassifier": "fewmed.daml",
+    "ProtoNetClassifier": "fewmed.protonet",
     "ReptileInitializer": "fewmed.reptile",
     "CDCClassifier": "fewmed.cdc",
     "RelationalSubsetsDistiller": "fewmed.rskd",

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin, clone
+from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
@@ -210,10 +211,11 @@ class FineTuneClassifier(FewShotMixin):
     """Fine-tuning baseline: pre-train on common classes, fine-tune on the support set.
 
     ``fit`` trains the backbone as a plain classifier with augmentation (the
-    paper's "Finetune + Aug"). ``adapt`` replaces the head by a new one for the
-    task's classes and fine-tunes every weight for ``n_adapt_steps`` Adam steps on
-    the augmented support set, with BatchNorm statistics frozen at their
-    pre-training values (a 10-image support set cannot estimate them).
+    paper's "Finetune + Aug"), or reuses the backbone of an already fitted
+    ``extractor``. ``adapt`` replaces the head by a new one for the task's classes
+    and fine-tunes every weight for ``n_adapt_steps`` Adam steps on the augmented
+    support set, with BatchNorm statistics frozen at their pre-training values (a
+    10-image support set cannot estimate them).
 
     Parameters
     ----------
@@ -225,6 +227,17 @@ class FineTuneClassifier(FewShotMixin):
         Pre-training learning rate.
     batch_size : int, default=64
     augment : bool, default=True
+        Augmentation while pre-training and while fine-tuning on a support set.
+    extractor : ConvFeatureExtractor or FrozenEstimator of one, default=None
+        Share pre-training with the feature baselines. A fitted extractor's
+        backbone is reused as it is (``fit`` does not pre-train, and
+        ``module``, ``n_filters``, ``max_epochs``, ``lr`` and ``batch_size`` are
+        unused); an unfitted one is cloned and fitted on ``fit``'s data (its own
+        pre-training settings apply). ``clone`` (hence ``GridSearchCV`` and
+        ``cross_val_score``) turns a fitted extractor into an unfitted copy, so
+        every fold pre-trains on its own data; wrap it in
+        ``sklearn.frozen.FrozenEstimator`` to keep it fitted through ``clone``.
+        The backbone is never modified: every task fine-tunes a copy.
     adapt_lr : float, default=1e-3
         Adam learning rate when fine-tuning on a support set.
     n_adapt_steps : int, default=30
@@ -243,6 +256,14 @@ class FineTuneClassifier(FewShotMixin):
     >>> ft = ft.fit(d.images[~rare], d.target[~rare]).adapt(d.images[rare], d.target[rare])
     >>> ft.predict_proba(d.images[:2]).shape, ft.classes_.tolist()
     ((2, 2), [2, 3])
+
+    Pre-train once for both fine-tuning and conv features:
+
+    >>> fx = ConvFeatureExtractor(n_filters=8, max_epochs=1, random_state=0)
+    >>> fx = fx.fit(d.images[~rare], d.target[~rare])
+    >>> ft = FineTuneClassifier(extractor=fx, n_adapt_steps=2, random_state=0)
+    >>> ft.fit(d.images[~rare], d.target[~rare]).backbone_ is fx.backbone_
+    True
     """
 
     _adapted_attrs = ("classes_", "adapted_module_")
@@ -256,6 +277,7 @@ class FineTuneClassifier(FewShotMixin):
         lr=1e-3,
         batch_size=64,
         augment=True,
+        extractor=None,
         adapt_lr=1e-3,
         n_adapt_steps=30,
         n_way=2,
@@ -272,6 +294,7 @@ class FineTuneClassifier(FewShotMixin):
         self.lr = lr
         self.batch_size = batch_size
         self.augment = augment
+        self.extractor = extractor
         self.adapt_lr = adapt_lr
         self.n_adapt_steps = n_adapt_steps
         self.n_way = n_way
@@ -283,11 +306,35 @@ class FineTuneClassifier(FewShotMixin):
         self.verbose = verbose
 
     def fit(self, X, y=None):
-        """Pre-train on the common classes; returns ``self``."""
+        """Pre-train on the common classes (or reuse ``extractor``'s backbone); returns ``self``."""
         Xt, y = self._validate_fit_input(X, y)
-        self.backbone_, self.history_ = _pretrain(self, Xt, y)
+        if self.extractor is None:
+            self.backbone_, self.history_ = _pretrain(self, Xt, y)
+        else:
+            fx = self._fitted_extractor(Xt, y)
+            self.backbone_, self.history_ = fx.backbone_, fx.history_
         self._n_adapted = 0
         return self
+
+    def _fitted_extractor(self, Xt: np.ndarray, y: np.ndarray) -> ConvFeatureExtractor:
+        fx = self.extractor
+        if isinstance(fx, FrozenEstimator):
+            fx = fx.estimator
+        if not isinstance(fx, ConvFeatureExtractor):
+            raise TypeError(
+                "extractor must be a ConvFeatureExtractor (fitted or not) or a FrozenEstimator "
+                f"of one; got {type(fx).__name__}."
+            )
+        try:
+            check_is_fitted(fx, "backbone_")
+        except NotFittedError:
+            return clone(fx).fit(Xt, y)
+        if tuple(fx.input_shape_) != self.input_shape_:
+            raise ValueError(
+                f"the extractor was fitted on images of shape (C, H, W) = {fx.input_shape_}, "
+                f"but X has {self.input_shape_}: fit both on the same images."
+            )
+        return fx
 
     def _adapt(self, Xs: torch.Tensor, ys: torch.Tensor) -> None:
         seed = (self.random_state or 0) * 1_000_003 + self._n_adapted

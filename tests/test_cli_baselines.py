@@ -4,6 +4,9 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from sklearn.base import clone
+from sklearn.frozen import FrozenEstimator
 from sklearn.svm import LinearSVC
 
 from fewmed.baselines import ConvFeatureExtractor, FeatureFewShotClassifier, FineTuneClassifier
@@ -63,6 +66,7 @@ def test_daml_benchmark_smoke_on_synthetic(capsys, tmp_path):
         "ConvFeature + SVM",
         "MAML",
         "DAML (eta=5)",
+        "ProtoNet",
     }
     assert (tmp_path / "daml.png").stat().st_size > 1000
 
@@ -117,3 +121,45 @@ def test_finetune_baseline_reproducible(lesions):
     b = FineTuneClassifier(**kw).fit(X[y < 3], y[y < 3]).adapt(X[sup], y[sup])
     np.testing.assert_allclose(a.predict_proba(X[:8]), b.predict_proba(X[:8]), atol=1e-6)
     assert list(a.classes_) == [3, 4]
+
+
+def test_finetune_reuses_a_fitted_extractor(lesions, monkeypatch):
+    import fewmed.baselines as baselines
+
+    X, y = lesions
+    common = y < 3
+    sup = np.r_[np.flatnonzero(y == 3)[:5], np.flatnonzero(y == 4)[:5]]
+    pre = dict(n_filters=8, max_epochs=1, random_state=0)
+    own = FineTuneClassifier(**pre, n_adapt_steps=3).fit(X[common], y[common])
+    fx = ConvFeatureExtractor(**pre).fit(X[common], y[common])
+    before = {k: v.clone() for k, v in fx.backbone_.state_dict().items()}
+    calls = []
+    real = baselines._pretrain
+    monkeypatch.setattr(baselines, "_pretrain", lambda *a: calls.append(1) or real(*a))
+    shared = FineTuneClassifier(extractor=fx, n_adapt_steps=3, random_state=0)
+    shared.fit(X[common], y[common])
+    assert calls == [] and shared.backbone_ is fx.backbone_ and shared.history_ is fx.history_
+    # the same pre-training settings give the same backbone: sharing changes no prediction
+    p_own = own.adapt(X[sup], y[sup]).predict_proba(X[:8])
+    p_shared = shared.adapt(X[sup], y[sup]).predict_proba(X[:8])
+    np.testing.assert_allclose(p_shared, p_own, atol=1e-6)
+    after = fx.backbone_.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # fine-tuning used a copy
+    # clone: parameters unchanged, a fitted extractor becomes an unfitted copy that is fitted
+    c = clone(shared)
+    assert c.get_params()["extractor"] is not fx and not hasattr(c.extractor, "backbone_")
+    c.fit(X[common], y[common])
+    assert len(calls) == 1 and c.backbone_ is not fx.backbone_
+    assert c.extractor.get_params() == fx.get_params() and not hasattr(c.extractor, "backbone_")
+    # a FrozenEstimator keeps the fitted extractor through clone
+    frozen = clone(FineTuneClassifier(extractor=FrozenEstimator(fx), n_adapt_steps=3))
+    assert frozen.fit(X[common], y[common]).backbone_ is fx.backbone_ and len(calls) == 1
+
+
+def test_finetune_extractor_errors(lesions):
+    X, y = lesions
+    fx = ConvFeatureExtractor(n_filters=8, max_epochs=1, random_state=0).fit(X, y)
+    with pytest.raises(ValueError, match="shape"):
+        FineTuneClassifier(extractor=fx).fit(X[:, :8, :8], y)
+    with pytest.raises(TypeError, match="ConvFeatureExtractor"):
+        FineTuneClassifier(extractor=LinearSVC()).fit(X, y)
