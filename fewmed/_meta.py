@@ -16,11 +16,14 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
+from fewmed._meta_net import TaskDataset
+from fewmed._skorch import make_augment
 from fewmed._validation import check_image_shape, check_images
 from fewmed.metrics import ConfidenceInterval, episodic_auc
 from fewmed.model_selection import EpisodeSampler, TaskDistribution
+from fewmed.nn import build_backbone
 
-__all__ = ["FewShotMixin"]
+__all__ = ["FewShotMixin", "MetaNetAttributes"]
 
 
 class FewShotMixin(ClassifierMixin, BaseEstimator):
@@ -66,10 +69,43 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
             )
         return Xt, y
 
+    def _train_tasks(self, Xt: np.ndarray, y: np.ndarray, seed: int, n_query: int) -> TaskDataset:
+        """The ``n_iterations * meta_batch_size`` seeded meta-training tasks of ``(Xt, y)``."""
+        n_way, n_shot, _ = self.task_shape_
+        return TaskDataset(
+            torch.from_numpy(Xt),
+            y,
+            n_way=n_way,
+            n_shot=n_shot,
+            n_query=n_query,
+            seed=seed,
+            n_tasks=self.n_iterations * self.meta_batch_size,
+            tasks_per_epoch=self.iterations_per_epoch * self.meta_batch_size,
+            augment=make_augment(self.augment),
+        )
+
+    def _seeded_backbone(self, seed: int, n_classes: int | None, **kwargs) -> torch.nn.Module:
+        """``module`` built for ``input_shape_`` with weights from ``seed`` (no global RNG)."""
+        c, h, w = self.input_shape_
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_backbone(
+                self.module,
+                in_channels=c,
+                input_shape=(h, w),
+                n_classes=n_classes,
+                n_filters=self.n_filters,
+                **kwargs,
+            )
+
+    def _forget_adaptation(self) -> None:
+        """Drop what ``adapt`` set (a refit invalidates it)."""
+        for a in self._adapted_attrs:
+            if hasattr(self, a):
+                delattr(self, a)
+
     def _valid_tasks(self, X_valid, y_valid, seed: int):
         """``n_valid_tasks`` fixed tasks of ``(X_valid, y_valid)`` to validate meta-training."""
-        from fewmed._meta_net import TaskDataset
-
         if X_valid is None and y_valid is None:
             return None
         if X_valid is None or y_valid is None:
@@ -229,6 +265,22 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
         tags.input_tags.three_d_array = True
         tags.non_deterministic = False
         return tags
+
+
+class MetaNetAttributes:
+    """``module_``, ``history_`` and ``n_iter_`` read from the skorch net ``meta_net_``."""
+
+    @property
+    def module_(self) -> torch.nn.Module:
+        return self.meta_net_.module_
+
+    @property
+    def history_(self) -> list[dict]:
+        return self.meta_net_.iteration_records()
+
+    @property
+    def n_iter_(self) -> int:
+        return self.meta_net_.n_iter_
 
 
 def _score_seed(random_state) -> int:

@@ -18,11 +18,9 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from fewmed._inner_loop import BACKENDS, adapt, meta_batch_losses, predict_logits
-from fewmed._meta import FewShotMixin
-from fewmed._meta_net import IterationSchedule, MetaNet, TaskDataset, fit_meta_net, step_decay
-from fewmed._skorch import make_augment
+from fewmed._meta import FewShotMixin, MetaNetAttributes
+from fewmed._meta_net import IterationSchedule, MetaNet, fit_meta_net, step_decay
 from fewmed._validation import resolve_device
-from fewmed.nn import build_backbone
 
 __all__ = ["DAMLClassifier", "DAMLNet", "difficulty_aware_loss"]
 
@@ -191,7 +189,7 @@ class DAMLNet(MetaNet):
         return {"loss": losses.mean().detach(), "y_pred": None}
 
 
-class DAMLClassifier(FewShotMixin):
+class DAMLClassifier(MetaNetAttributes, FewShotMixin):
     """Difficulty-aware MAML for few-shot classification of rare diseases.
 
     ``fit`` meta-trains a network on ``n_way``-way ``n_shot``-shot tasks sampled
@@ -415,30 +413,8 @@ class DAMLClassifier(FewShotMixin):
         self.verbose = verbose
 
     # ----------------------------------------------------------------- fit
-    @property
-    def module_(self) -> torch.nn.Module:
-        return self.meta_net_.module_
-
-    @property
-    def history_(self) -> list[dict]:
-        return self.meta_net_.iteration_records()
-
-    @property
-    def n_iter_(self) -> int:
-        return self.meta_net_.n_iter_
-
     def _make_net(self, seed: int) -> DAMLNet:
-        c, h, w = self.input_shape_
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            module = build_backbone(
-                self.module,
-                in_channels=c,
-                input_shape=(h, w),
-                n_classes=self.task_shape_[0],
-                n_filters=self.n_filters,
-                norm="reference",
-            )
+        module = self._seeded_backbone(seed, self.task_shape_[0], norm="reference")
         callbacks = [("lr_schedule", IterationSchedule(step_decay(self.lr_decay_step)))]
         callbacks += list(self.callbacks or [])
         return DAMLNet(
@@ -480,33 +456,20 @@ class DAMLClassifier(FewShotMixin):
         self._validate_params()
         old_shape = getattr(self, "input_shape_", None)
         Xt, y = self._validate_fit_input(X, y)
-        n_way, n_shot, n_query = self.task_shape_
         resume = self.warm_start and hasattr(self, "meta_net_") and old_shape == self.input_shape_
         if resume:
             seed = self.meta_net_.seed
         else:
             seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         # build (and so validate) the tasks before a previous fit is replaced
-        train = TaskDataset(
-            torch.from_numpy(Xt),
-            y,
-            n_way=n_way,
-            n_shot=n_shot,
-            n_query=n_query,
-            seed=seed,
-            n_tasks=self.n_iterations * self.meta_batch_size,
-            tasks_per_epoch=self.iterations_per_epoch * self.meta_batch_size,
-            augment=make_augment(self.augment),
-        )
+        train = self._train_tasks(Xt, y, seed, self.task_shape_[2])
         valid = self._valid_tasks(X_valid, y_valid, seed + 1)
         if resume:
             for k, v in self._net_params().items():
                 setattr(self.meta_net_, k, v)
         else:
             self.meta_net_ = self._make_net(seed)
-        for a in self._adapted_attrs:
-            if hasattr(self, a):
-                delattr(self, a)
+        self._forget_adaptation()
         fit_meta_net(self.meta_net_, train, valid, resume=resume)
         return self
 

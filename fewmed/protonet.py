@@ -19,11 +19,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from fewmed._meta import FewShotMixin
-from fewmed._meta_net import IterationSchedule, MetaNet, TaskDataset, fit_meta_net, step_decay
-from fewmed._skorch import make_augment
+from fewmed._meta import FewShotMixin, MetaNetAttributes
+from fewmed._meta_net import IterationSchedule, MetaNet, fit_meta_net, step_decay
 from fewmed._validation import resolve_device
-from fewmed.nn import build_backbone
 
 __all__ = [
     "ProtoNetClassifier",
@@ -168,7 +166,7 @@ class ProtoNet(MetaNet):
         return {"loss": losses.mean(), "y_pred": None}
 
 
-class ProtoNetClassifier(FewShotMixin):
+class ProtoNetClassifier(MetaNetAttributes, FewShotMixin):
     """Prototypical Networks (Snell et al. 2017) for few-shot classification of rare diseases.
 
     ``fit`` meta-trains an embedding network (the backbone without its head) on
@@ -341,29 +339,8 @@ class ProtoNetClassifier(FewShotMixin):
         self.verbose = verbose
 
     # ----------------------------------------------------------------- fit
-    @property
-    def module_(self) -> torch.nn.Module:
-        return self.meta_net_.module_
-
-    @property
-    def history_(self) -> list[dict]:
-        return self.meta_net_.iteration_records()
-
-    @property
-    def n_iter_(self) -> int:
-        return self.meta_net_.n_iter_
-
     def _make_net(self, seed: int) -> ProtoNet:
-        c, h, w = self.input_shape_
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            module = build_backbone(
-                self.module,
-                in_channels=c,
-                input_shape=(h, w),
-                n_classes=None,
-                n_filters=self.n_filters,
-            )
+        module = self._seeded_backbone(seed, None)
         callbacks = [("lr_schedule", IterationSchedule(step_decay(self.lr_decay_step, 0.5)))]
         callbacks += list(self.callbacks or [])
         return ProtoNet(
@@ -399,7 +376,7 @@ class ProtoNetClassifier(FewShotMixin):
         """
         self._validate_params()
         Xt, y = self._validate_fit_input(X, y)
-        n_way, n_shot, n_query = self.task_shape_
+        n_query = self.task_shape_[2]
         if n_query < 1:
             raise ValueError(
                 f"ProtoNetClassifier meta-trains on query images: n_query must be >= 1, got "
@@ -407,22 +384,10 @@ class ProtoNetClassifier(FewShotMixin):
             )
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         # build (and so validate) the tasks before a previous fit is replaced
-        train = TaskDataset(
-            torch.from_numpy(Xt),
-            y,
-            n_way=n_way,
-            n_shot=n_shot,
-            n_query=n_query,
-            seed=seed,
-            n_tasks=self.n_iterations * self.meta_batch_size,
-            tasks_per_epoch=self.iterations_per_epoch * self.meta_batch_size,
-            augment=make_augment(self.augment),
-        )
+        train = self._train_tasks(Xt, y, seed, n_query)
         valid = self._valid_tasks(X_valid, y_valid, seed + 1)
         self.meta_net_ = self._make_net(seed)
-        for a in self._adapted_attrs:
-            if hasattr(self, a):
-                delattr(self, a)
+        self._forget_adaptation()
         fit_meta_net(self.meta_net_, train, valid)
         return self
 

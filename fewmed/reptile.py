@@ -31,11 +31,11 @@ from skorch.helper import predefined_split
 from torch import nn
 
 from fewmed._meta import FewShotMixin
-from fewmed._meta_net import IterationSchedule, MetaNet, TaskDataset, fit_meta_net, linear_anneal
+from fewmed._meta_net import IterationSchedule, MetaNet, fit_meta_net, linear_anneal
 from fewmed._skorch import ArrayDataset, ImageNetClassifier, make_augment, stratified_split
 from fewmed._validation import resolve_device
 from fewmed.metrics import quadratic_weighted_kappa
-from fewmed.nn import ReferenceBatchNorm2d, build_backbone
+from fewmed.nn import ReferenceBatchNorm2d
 
 __all__ = ["ReptileInitializer", "reptile_update", "remove_batchnorm"]
 
@@ -573,17 +573,7 @@ class ReptileInitializer(FewShotMixin):
 
     # ----------------------------------------------------------------- fit
     def _build(self, n_classes: int, seed: int) -> nn.Module:
-        c, h, w = self.input_shape_
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            module = build_backbone(
-                self.module,
-                in_channels=c,
-                input_shape=(h, w),
-                n_classes=n_classes,
-                n_filters=self.n_filters,
-                norm="batch",
-            )
+        module = self._seeded_backbone(seed, n_classes, norm="batch")
         return module.to(resolve_device(self.device))
 
     def fit(self, X, y=None, X_valid=None, y_valid=None):
@@ -607,28 +597,15 @@ class ReptileInitializer(FewShotMixin):
         """
         self._validate_params()
         Xt, y = self._validate_fit_input(X, y)
-        for a in self._adapted_attrs:
-            if hasattr(self, a):
-                delattr(self, a)
+        self._forget_adaptation()
         rs = check_random_state(self.random_state)
         self.seed_ = int(rs.randint(2**31 - 1))
         self.history_ = []
         self.n_iter_ = 0
         self.meta_net_ = None
         if self.init == "reptile":
-            n_way, n_shot, _ = self.task_shape_
-            net = self._make_net(self._build(n_way, self.seed_))
-            train = TaskDataset(
-                torch.from_numpy(Xt),
-                y,
-                n_way=n_way,
-                n_shot=n_shot,
-                n_query=0,
-                seed=self.seed_,
-                n_tasks=self.n_iterations * self.meta_batch_size,
-                tasks_per_epoch=self.iterations_per_epoch * self.meta_batch_size,
-                augment=make_augment(self.augment),
-            )
+            net = self._make_net(self._build(self.task_shape_[0], self.seed_))
+            train = self._train_tasks(Xt, y, self.seed_, n_query=0)
             valid = self._valid_tasks(X_valid, y_valid, self.seed_ + 1)
             self.meta_net_ = fit_meta_net(net, train, valid)
             self.module_ = net.module_
