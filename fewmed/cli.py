@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != modname:
                 raise
             continue
-        summary = (mod.__doc__ or "").strip().splitlines()[0].replace("%", "%%")
-        bp = bsub.add_parser(name, help=summary, description=summary)
+        summary = (mod.__doc__ or "").strip().splitlines()[0]
+        # argparse %-formats help strings, not descriptions
+        bp = bsub.add_parser(name, help=summary.replace("%", "%%"), description=summary)
         mod.add_arguments(bp)
         bp.set_defaults(func=mod.run)
     return parser
