@@ -10,7 +10,9 @@ the fitted teachers (``fewmed/rskd.py`` keeps the estimator and its skorch hooks
 * :func:`teacher_datasets` builds each teacher's training set: the subset's
   samples plus an "other" share drawn from the rest, with the labels the teacher
   learns and the columns of its output that stand for the subset's classes;
-  :func:`fit_teachers` trains the teachers in parallel (joblib, loky), cached;
+  :func:`fit_teachers` trains the teachers in parallel (joblib, loky), cached,
+  giving the cores of finished workers to the teachers still training
+  (:func:`thread_plan`, :class:`ThreadSchedule`);
 * :func:`teacher_logits`, :func:`teacher_class_probs` and
   :func:`teacher_log_probs` map the teachers' outputs back to the student's
   classes (probabilities for Eq. 3, soft targets for the distillation loss);
@@ -28,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from joblib import Memory, Parallel, delayed
+from joblib import Memory, Parallel, delayed, effective_n_jobs
 from sklearn.model_selection import train_test_split
 from sklearn.utils.multiclass import type_of_target
 from skorch.callbacks import Callback
@@ -40,6 +42,7 @@ from ._skorch import ArrayDataset
 __all__ = [
     "EpochWeights",
     "TeacherData",
+    "ThreadSchedule",
     "balanced_loader",
     "balanced_sample_weights",
     "fit_teachers",
@@ -51,6 +54,7 @@ __all__ = [
     "teacher_log_probs",
     "teacher_logits",
     "teacher_scores",
+    "thread_plan",
     "validation_split",
 ]
 
@@ -237,6 +241,90 @@ def teacher_datasets(
         yield TeacherData(name, rows, yt, n_out, columns, ml, int(rng.randint(0, 2**31 - 1)))
 
 
+def thread_plan(work: Sequence[float], n_cores: int) -> list[list[tuple[float, int]]]:
+    """Torch threads for each job over its run: idle cores go to the jobs still running.
+
+    The jobs run longest first on ``n_cores`` workers (joblib hands them out in
+    order). Once the queue is empty, a worker that finishes leaves a core idle;
+    the plan gives it to the running jobs, the one with the most work left
+    first. The plan is a simulation (1 unit of ``work`` per thread and time
+    unit), computed before anything runs, so each job switches at a fixed point
+    of its own progress and the results do not depend on timing.
+
+    Returns
+    -------
+    list of list of (float, int)
+        Per job (in the order of ``work``): ``(fraction of its work done, threads
+        from there on)``, starting at fraction 0.
+
+    Examples
+    --------
+    HAM10000's head / medium / tail teachers on two cores: the head teacher
+    gets the second core once the other two are done, 47% of the way through.
+
+    >>> [[(round(f, 3), n) for f, n in p] for p in thread_plan([7511, 2880, 682], 2)]
+    [[(0.0, 1), (0.474, 2)], [(0.0, 1)], [(0.0, 1)]]
+    """
+    n_cores = max(1, int(n_cores))
+    order = sorted(range(len(work)), key=lambda j: -work[j])
+    left = {j: float(work[j]) for j in order}
+    plan: list[list[tuple[float, int]]] = [[] for _ in work]
+    queue, running = list(order), []
+    while queue or running:
+        while queue and len(running) < n_cores:
+            running.append(queue.pop(0))
+        by_left = sorted(running, key=lambda j: -left[j])
+        threads = {j: n_cores // len(running) for j in running}
+        for j in by_left[: n_cores % len(running)]:
+            threads[j] += 1
+        for j in running:
+            if not plan[j] or plan[j][-1][1] != threads[j]:
+                done = 1.0 - left[j] / work[j] if work[j] > 0 else 0.0
+                plan[j].append((done, threads[j]))
+        step = min(left[j] / threads[j] for j in running)
+        for j in running:
+            left[j] -= step * threads[j]
+        running = [j for j in running if left[j] > 1e-9 * max(1.0, work[j])]
+    return plan
+
+
+class ThreadSchedule(Callback):
+    """Set torch's thread count from a :func:`thread_plan` entry as training progresses.
+
+    Progress is the fraction of the planned training batches
+    (``max_epochs * ceil(len(X) / batch_size)``) seen so far; the previous thread
+    count is restored when training ends.
+    """
+
+    def __init__(self, plan: Sequence[tuple[float, int]]):
+        self.plan = plan
+
+    def initialize(self):
+        self.seen_, self.total_, self.step_, self.previous_ = 0, 1, 0, None
+        return self
+
+    def _apply(self):
+        while self.step_ < len(self.plan) and self.plan[self.step_][0] * self.total_ <= self.seen_:
+            torch.set_num_threads(int(self.plan[self.step_][1]))
+            self.step_ += 1
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        self.previous_ = torch.get_num_threads()
+        n = len(X) if X is not None else 1
+        self.total_ = max(1, int(net.max_epochs) * -(-n // int(net.batch_size)))
+        self.seen_, self.step_ = 0, 0
+        self._apply()
+
+    def on_batch_begin(self, net, batch=None, training=False, **kwargs):
+        if training:
+            self._apply()
+            self.seen_ += 1
+
+    def on_train_end(self, net, X=None, y=None, **kwargs):
+        if self.previous_ is not None:
+            torch.set_num_threads(self.previous_)
+
+
 def fit_teachers(
     jobs: Sequence[tuple],
     fit: Callable,
@@ -246,10 +334,13 @@ def fit_teachers(
 ) -> dict[str, Any]:
     """Fit the teachers of ``jobs`` (``(name, params, X, y, columns)``), in parallel.
 
-    ``fit(params, X, y, n_threads)`` fits one teacher; it runs with one torch
-    thread in ``n_jobs`` joblib *loky* workers, the largest training sets first,
-    and through ``memory`` (a path or :class:`joblib.Memory`) when given. Each
-    fitted teacher gets ``subset_columns_`` (its job's ``columns``).
+    ``fit(params, X, y, plan)`` fits one teacher following ``plan``, its
+    :func:`thread_plan` entry (``[(fraction done, torch threads), ...]``): the
+    jobs run longest first in ``n_jobs`` joblib *loky* workers with one torch
+    thread each, and when the queue is empty the cores of finished workers go to
+    the teachers still training (the work of a job is its number of samples).
+    They run through ``memory`` (a path or :class:`joblib.Memory`) when given.
+    Each fitted teacher gets ``subset_columns_`` (its job's ``columns``).
 
     Returns
     -------
@@ -258,10 +349,13 @@ def fit_teachers(
     """
     if memory is not None:
         memory = memory if isinstance(memory, Memory) else Memory(memory, verbose=0)
-        fit = memory.cache(fit, ignore=["n_threads"])
+        fit = memory.cache(fit, ignore=["plan"])
+    n_cores = max(1, effective_n_jobs(n_jobs))
+    plans = thread_plan([len(job[2]) for job in jobs], n_cores)
+    n_workers = min(n_cores, max(1, len(jobs)))
     order = sorted(range(len(jobs)), key=lambda j: -len(jobs[j][2]))  # longest first
-    fitted = Parallel(n_jobs=n_jobs, backend="loky")(
-        delayed(fit)(jobs[j][1], jobs[j][2], jobs[j][3], 1) for j in order
+    fitted = Parallel(n_jobs=n_workers, backend="loky")(
+        delayed(fit)(jobs[j][1], jobs[j][2], jobs[j][3], plans[j]) for j in order
     )
     teachers = {}
     for j, est in zip(order, fitted):

@@ -36,6 +36,7 @@ from ._distill import (  # the pieces that used to be imported here stay importa
 from ._skorch import ArrayDataset, ImageNetClassifier, _collate_batch, sigmoid, softmax
 from ._subsets import (
     EpochWeights,
+    ThreadSchedule,
     balanced_loader,
     balanced_sample_weights,
     fit_teachers,
@@ -55,14 +56,24 @@ __all__ = ["RelationalSubsetsDistiller"]
 _KD_OPTIONS = (None, "plain", "relational")
 
 
-def _fit_teacher(params: dict, X: np.ndarray, y: np.ndarray, n_threads: int = 1):
-    """Fit one teacher (a ``kd=None`` distiller) with ``n_threads`` torch threads."""
+def _fit_teacher(params: dict, X: np.ndarray, y: np.ndarray, plan=((0.0, 1),)):
+    """Fit one teacher (a ``kd=None`` distiller), its torch threads following ``plan``.
+
+    ``plan`` is the teacher's :func:`fewmed._subsets.thread_plan` entry; a
+    :class:`fewmed._subsets.ThreadSchedule` callback applies it during ``fit`` and
+    is removed from the fitted teacher.
+    """
     previous = torch.get_num_threads()
-    torch.set_num_threads(n_threads)
+    est = RelationalSubsetsDistiller(**params)
+    callbacks = est.callbacks
+    est.callbacks = [*(callbacks or []), ("thread_schedule", ThreadSchedule(list(plan)))]
     try:
-        return RelationalSubsetsDistiller(**params).fit(X, y)
+        est.fit(X, y)
     finally:
         torch.set_num_threads(previous)
+    est.callbacks = callbacks
+    est.callbacks_ = [(n, cb) for n, cb in est.callbacks_ if n != "thread_schedule"]
+    return est
 
 
 class RelationalSubsetsDistiller(ImageNetClassifier):
@@ -86,8 +97,10 @@ class RelationalSubsetsDistiller(ImageNetClassifier):
     other images are all-negative rows). Without the "other" images a teacher
     would never have seen the images it is asked about for most of the data (and
     a one-class subset, such as HAM10000's head ``nv``, could not be trained).
-    Teachers run in parallel (``n_jobs`` joblib *loky* processes, one torch
-    thread each, so results do not depend on ``n_jobs``).
+    Teachers run in parallel (``n_jobs`` joblib *loky* processes, longest
+    first, one torch thread each; once no teacher is waiting, the cores of the
+    finished workers go to the teachers still training, at points planned from
+    the subsets' sizes, so a seed reproduces for a given ``n_jobs``).
 
     **Distillation** at temperature ``T``, times ``T**2``, ``KL(teacher || student)``.
     Multi-label (the paper's setting): ``KD_i = T**2 * mean_n KL`` of the binary
@@ -137,7 +150,10 @@ class RelationalSubsetsDistiller(ImageNetClassifier):
         ``{"max_epochs": 10, "n_filters": 32}``); teachers always use ``kd=None``,
         plain CE / BCE, no class weights and no sampler unless given here.
     n_jobs : int or None, default=None
-        Teachers trained at once (joblib, loky backend); ``-1`` for all cores.
+        Cores for the teachers (joblib, loky backend); ``-1`` for all. Teachers
+        train at once, one torch thread each; once none is waiting, the cores of
+        finished ones go to those still training, at points planned from the
+        subsets' sizes (a seed reproduces for a given ``n_jobs``).
     memory : str, joblib.Memory or None, default=None
         Cache of fitted teachers: fits with the same data, subsets, teacher
         parameters and ``random_state`` (e.g. a sweep over ``temperature``) reuse them.

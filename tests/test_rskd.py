@@ -10,6 +10,7 @@ import torch
 from sklearn.base import clone
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from skorch.callbacks import Callback
 
 from fewmed import RelationalSubsetsDistiller
 from fewmed._distill import (
@@ -19,6 +20,7 @@ from fewmed._distill import (
     relational_kd_loss,
     relational_weights,
 )
+from fewmed._subsets import ThreadSchedule, thread_plan
 from fewmed.metrics import group_mean_average_precision
 
 SMALL = dict(n_filters=8, max_epochs=2, batch_size=32, random_state=0)
@@ -287,9 +289,9 @@ def test_teachers_trained_once_per_fit(toy, monkeypatch):
     fits = []
     fit_teacher = rskd_module._fit_teacher
 
-    def counting(params, X, y, n_threads=1):
+    def counting(params, X, y, plan=((0.0, 1),)):
         fits.append(len(X))
-        return fit_teacher(params, X, y, n_threads)
+        return fit_teacher(params, X, y, plan)
 
     monkeypatch.setattr(rskd_module, "_fit_teacher", counting)
     X, y = toy
@@ -315,12 +317,49 @@ def test_memory_reuses_teachers(toy, tmp_path):
     np.testing.assert_array_equal(a.teacher_scores_, b.teacher_scores_)
 
 
+def test_thread_plan_gives_idle_cores_to_running_teachers():
+    # HAM10000's shot subsets on 2 cores: the head teacher runs alone on one core
+    # while medium then tail run on the other; from then on it has both cores
+    plan = thread_plan([7511, 2880, 682], 2)
+    assert plan[1] == [(0.0, 1)] and plan[2] == [(0.0, 1)]
+    assert plan[0][0] == (0.0, 1) and plan[0][1][1] == 2
+    assert plan[0][1][0] == pytest.approx((2880 + 682) / 7511)
+    # one core: one thread throughout; equal jobs: nobody waits, nothing to give
+    assert thread_plan([7511, 2880, 682], 1) == [[(0.0, 1)]] * 3
+    assert thread_plan([5, 5, 5, 5], 2) == [[(0.0, 1)]] * 4
+    # more cores than jobs: the cores are shared out, the longest job gets the rest
+    assert thread_plan([10, 5], 5) == [[(0.0, 3), (0.75, 5)], [(0.0, 2)]]
+
+
+def test_thread_schedule_switches_at_the_planned_batch(toy):
+    X, y = toy  # 202 images, batch 32: 7 batches per epoch, 14 in all
+    seen = []
+
+    class Record(Callback):
+        def on_batch_begin(self, net, training=False, **kwargs):
+            if training:
+                seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    schedule = ThreadSchedule([(0.0, 1), (0.5, 2)])
+    RelationalSubsetsDistiller(
+        kd=None, callbacks=[("threads", schedule), ("record", Record())], **SMALL
+    ).fit(X, y)
+    assert seen == [1] * 7 + [2] * 7
+    assert torch.get_num_threads() == before
+
+
 @pytest.mark.slow
-def test_parallel_teachers_equal_sequential(toy):
+def test_parallel_teachers_reproduce(toy):
+    # with n_jobs=2 the head teacher switches to two threads part-way (a fixed
+    # point of the plan, not a race), so a seed reproduces exactly
     X, y = toy
-    one = RelationalSubsetsDistiller(n_jobs=1, **SMALL).fit(X, y)
+    one = RelationalSubsetsDistiller(n_jobs=2, **SMALL).fit(X, y)
     two = RelationalSubsetsDistiller(n_jobs=2, **SMALL).fit(X, y)
     np.testing.assert_array_equal(one.predict_proba(X), two.predict_proba(X))
+    assert all("thread_schedule" not in dict(t.callbacks_) for t in one.teachers_.values())
+    seq = RelationalSubsetsDistiller(n_jobs=1, **SMALL).fit(X, y)
+    np.testing.assert_allclose(seq.predict_proba(X), one.predict_proba(X), atol=0.05)
 
 
 @pytest.mark.parametrize(
@@ -391,3 +430,22 @@ def test_short_run_on_ham10000_beats_chance_in_tail_map(ham28):
     tail = clf.subsets_["tail"]
     chance = np.mean([np.mean(y[test] == k) for k in tail])  # AP of random scores
     assert got["tail"] > chance + 0.05, (got, chance)
+
+
+@pytest.mark.slow
+def test_rskd_benchmark_smoke_on_synthetic(capsys, tmp_path):
+    import json
+
+    from fewmed.cli import main
+
+    args = ["benchmark", "rskd", "--quick", "--synthetic", "--size", "12", "--epochs", "1"]
+    args += ["--filters", "4", "--folds", "2", "--methods", "ERM", "RSKD shot"]
+    args += ["--no-multilabel", "--out", str(tmp_path), "-v", "0"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "SYNTHETIC" in out and "one thread per teacher" in out
+    payload = json.loads((tmp_path / "rskd.json").read_text())
+    speed = payload["teacher_speedup"]
+    assert speed["ham_shot_subsets"]["speedup"] > 0
+    assert len(speed["ham_shot_subsets"]["all_seconds"]["n_jobs_2"]) == 2
+    assert (tmp_path / "rskd.png").stat().st_size > 1000

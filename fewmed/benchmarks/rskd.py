@@ -15,7 +15,11 @@ IMAGES ARE SYNTHETIC (one fixed pattern per finding, summed with noise), so the
 multi-label numbers test the code path, not chest X-ray diagnosis.
 
 The teachers' wall time with ``n_jobs=2`` vs ``n_jobs=1`` is measured on the
-first fold's shot-based subsets and on a balanced workload (4 equal subsets).
+first fold's shot-based subsets and on a balanced workload (4 equal subsets),
+with warm loky workers (their one-off start is reported apart), best of two runs. With ``n_jobs=2``
+the head teacher gets the second core once the others are done
+(:func:`fewmed._subsets.thread_plan`), so the speed-up can pass the "one thread
+per teacher" bound that the largest teacher sets.
 """
 
 from __future__ import annotations
@@ -201,12 +205,26 @@ def _ham(args, prof, memory) -> dict:
     }
 
 
-def _speedup(args, prof, X, y, seed) -> dict:
-    """Teachers' wall time, n_jobs=1 vs 2: HAM shot subsets and 4 equal synthetic subsets."""
-    from fewmed import RelationalSubsetsDistiller
+def _speedup(args, prof, X, y, seed, repeats: int = 2) -> dict:
+    """Teachers' wall time, n_jobs=1 vs 2: HAM shot subsets and 4 equal synthetic subsets.
 
-    out = {}
+    The teachers train for the profile's epochs; each timing is the best of
+    ``repeats``. The two loky workers are started, and each fits a tiny teacher,
+    before the timings: a session pays that once (joblib reuses its workers for
+    every later fit, e.g. the other folds), so it is timed and reported apart.
+    """
+    from joblib import Parallel, delayed
+
+    from fewmed import RelationalSubsetsDistiller
+    from fewmed.rskd import _fit_teacher
+
     rng = np.random.default_rng(seed)
+    tiny = dict(kd=None, n_filters=4, max_epochs=1, batch_size=16, verbose=0, classes=[0, 1])
+    Xt = rng.integers(0, 256, size=(32, prof["size"], prof["size"], 3), dtype=np.uint8)
+    yt = np.arange(32) % 2
+    t0 = time.perf_counter()
+    Parallel(n_jobs=2, backend="loky")(delayed(_fit_teacher)(tiny, Xt, yt) for _ in range(2))
+    out = {"worker_start_seconds": time.perf_counter() - t0}
     Xb = rng.integers(0, 256, size=(4000, prof["size"], prof["size"], 3), dtype=np.uint8)
     yb = np.repeat(np.arange(8), 500)
     cases = {
@@ -214,24 +232,28 @@ def _speedup(args, prof, X, y, seed) -> dict:
         "balanced_4_subsets": (Xb, yb, [[0, 1], [2, 3], [4, 5], [6, 7]]),
     }
     for name, (Xs, ys, subsets) in cases.items():
-        times = {}
-        for n_jobs in (1, 2):
-            est = _estimator(prof, seed, args, None, subsets=subsets, n_jobs=n_jobs)
-            est.set_params(max_epochs=2)
-            est.initialize()
-            est.check_data(Xs, ys)
-            Xc, targets = est.fit_cache_[1], est.fit_cache_[2]
-            est.subsets_ = _subsets_of(est)
-            t0 = time.perf_counter()
-            est._fit_teachers(Xc, targets, seed)
-            times[n_jobs] = time.perf_counter() - t0
+        runs = {1: [], 2: []}
+        for _ in range(repeats):
+            for n_jobs in (1, 2):
+                est = _estimator(prof, seed, args, None, subsets=subsets, n_jobs=n_jobs)
+                est.initialize()
+                est.check_data(Xs, ys)
+                Xc, targets = est.fit_cache_[1], est.fit_cache_[2]
+                est.subsets_ = _subsets_of(est)
+                t0 = time.perf_counter()
+                est._fit_teachers(Xc, targets, seed)
+                runs[n_jobs].append(time.perf_counter() - t0)
+        times = {k: min(v) for k, v in runs.items()}
         sizes = [len(j[2]) for j in est._teacher_jobs(Xc, targets, seed)]
         out[name] = {
             "seconds_n_jobs_1": times[1],
             "seconds_n_jobs_2": times[2],
             "speedup": times[1] / times[2],
+            "all_seconds": {f"n_jobs_{k}": v for k, v in runs.items()},
             "teacher_sizes": sizes,
-            "ideal_speedup": sum(sizes) / max(max(sizes), sum(sizes) / 2),
+            "epochs": prof["epochs"],
+            # one thread per teacher throughout: the largest teacher bounds the time
+            "static_ideal_speedup": sum(sizes) / max(max(sizes), sum(sizes) / 2),
         }
         if args.verbose:
             print(
@@ -401,12 +423,17 @@ def run(args) -> dict:
                         f"{v['seconds_n_jobs_1']:.1f}",
                         f"{v['seconds_n_jobs_2']:.1f}",
                         f"{v['speedup']:.2f}x",
-                        f"{v['ideal_speedup']:.2f}x",
+                        f"{v['static_ideal_speedup']:.2f}x",
                     ]
                     for k, v in speed.items()
+                    if isinstance(v, dict)
                 ],
-                ["workload", "n_jobs=1 s", "n_jobs=2 s", "speed-up", "ideal (critical path)"],
+                ["workload", "n_jobs=1 s", "n_jobs=2 s", "speed-up", "one thread per teacher"],
             )
+        )
+        print(
+            f"(teachers train for {prof['epochs']} epochs, best of 2 runs; starting the two "
+            f"loky workers once took {speed['worker_start_seconds']:.1f} s, before the timings)"
         )
     if chest:
         print(
