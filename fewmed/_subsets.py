@@ -311,7 +311,8 @@ class ThreadSchedule(Callback):
     def on_train_begin(self, net, X=None, y=None, **kwargs):
         self.previous_ = torch.get_num_threads()
         n = len(X) if X is not None else 1
-        self.total_ = max(1, int(net.max_epochs) * -(-n // int(net.batch_size)))
+        bs = int(net.batch_size) if net.batch_size and net.batch_size > 0 else n  # -1: all
+        self.total_ = max(1, int(net.max_epochs) * -(-n // max(1, bs)))
         self.seen_, self.step_ = 0, 0
         self._apply()
 
