@@ -248,13 +248,16 @@ class DAMLClassifier(MetaNetAttributes, FewShotMixin):
     augment : bool or Augment, default=True
         Random scaling with crop, rotation and flips of every task image while
         meta-training (the paper's "heavy augmentation").
-    backend : {"autograd", "func", "higher"}, default="autograd"
+    backend : {"autograd", "func", "higher", "threads"}, default="autograd"
         Inner-loop implementation (:mod:`fewmed._inner_loop`); all give the same
         meta-gradient (tested). ``"autograd"`` (a per-task loop of
-        ``torch.func.functional_call`` + ``torch.autograd.grad``) measured fastest
-        on CPU; ``"func"`` vectorises the tasks with ``torch.func.vmap``;
-        ``"higher"`` is the classic library. ``fewmed benchmark inner-loop`` times
-        them.
+        ``torch.func.functional_call`` + ``torch.autograd.grad``) is the default;
+        ``"func"`` vectorises the tasks with ``torch.func.vmap``; ``"higher"`` is
+        the classic library; ``"threads"`` (CPU) runs the tasks of a meta-batch in
+        parallel threads, one torch thread each: faster on a few cores, and equal
+        to the one-thread ``"autograd"`` loop rather than to the multi-thread
+        one (convolution kernels sum in another order). ``fewmed benchmark
+        inner-loop`` times them.
     n_score_tasks : int, default=100
         Episodes drawn by ``score``.
     iterations_per_epoch : int, default=100

@@ -88,8 +88,11 @@ def test_inner_loop_benchmark_smoke(capsys, tmp_path):
     ]
     assert main(args) == 0
     payload = json.loads((tmp_path / "inner_loop.json").read_text())
-    for r in payload["results"].values():
-        assert r["max_grad_diff"] < 1e-4  # every implementation gives the same meta-gradient
+    for name, r in payload["results"].items():
+        # every implementation gives the same meta-gradient: "threads" the one-thread
+        # loop's (the thread count of the convolutions moves second-order gradients)
+        key = "max_grad_diff_one_thread" if "threads" in name else "max_grad_diff"
+        assert r[key] < 1e-4, name
     assert "speed vs baseline" in capsys.readouterr().out
 
 

@@ -105,6 +105,19 @@ def test_seed_reproduces_and_pickle_clone_round_trip(lesions, tmp_path):
     np.testing.assert_array_equal(d.predict_proba(X[40:60]), p)
 
 
+def test_threads_backend_fits_and_reproduces(lesions):
+    # the tasks of a meta-batch run in parallel threads; a seed still reproduces
+    X, y = lesions
+    params = {**FAST, "backend": "threads", "meta_batch_size": 4}
+    a = DAMLClassifier(**params).fit(X, y)
+    b = DAMLClassifier(**params).fit(X, y)
+    assert [h["meta_loss"] for h in a.history_] == [h["meta_loss"] for h in b.history_]
+    assert np.isfinite([h["meta_loss"] for h in a.history_]).all()
+    a.adapt(np.r_[X[:5], X[20:25]], np.r_[np.zeros(5), np.ones(5)])
+    proba = a.predict_proba(X[40:60])
+    assert proba.shape == (20, 2) and np.allclose(proba.sum(1), 1)
+
+
 def test_warm_start_continues(lesions):
     X, y = lesions
     full = DAMLClassifier(**FAST).fit(X, y)

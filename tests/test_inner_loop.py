@@ -27,7 +27,8 @@ def _meta_grad(backend, first_order=False):
 
 
 @pytest.mark.parametrize(
-    "backend, first_order", [("func", False), ("func", True), ("higher", False)]
+    "backend, first_order",
+    [("func", False), ("func", True), ("higher", False), ("threads", False), ("threads", True)],
 )
 def test_backends_match_autograd_reference(backend, first_order):
     ref_l, ref_g = _meta_grad("autograd", first_order)
@@ -51,3 +52,30 @@ def test_higher_has_no_first_order_mode():
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend"):
         meta_batch_losses(Conv4(n_filters=2), *_problem(), lr=0.1, steps=1, backend="jax")
+
+
+def test_threads_backend_equals_one_thread_loop_and_reproduces():
+    # float32: the tasks run on one torch thread each, so the meta-gradient is the
+    # one-thread "autograd" loop's, whatever the thread timing; torch's thread
+    # count is restored afterwards
+    def grads(backend, threads):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            torch.manual_seed(0)
+            model = Conv4(3, 2, n_filters=4, input_shape=12, norm="reference")
+            XS, YS, XQ, YQ = (t.float() if t.is_floating_point() else t for t in _problem(T=4))
+            losses, accs = meta_batch_losses(
+                model, XS, YS, XQ, YQ, lr=0.1, steps=2, backend=backend
+            )
+            (losses**2).sum().backward()
+            assert torch.get_num_threads() == threads
+            return accs, torch.cat([p.grad.flatten() for p in model.parameters()])
+        finally:
+            torch.set_num_threads(previous)
+
+    accs, ref = grads("autograd", 1)
+    accs_t, got = grads("threads", 2)
+    torch.testing.assert_close(accs_t, accs)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grads("threads", 2)[1], got, rtol=0, atol=0)
