@@ -24,7 +24,7 @@ each other and a float64 reference):
     task's backward with its weight ``dL_meta / dL_i``, summed in task order.
     Deterministic; equal to the ``"autograd"`` loop run on one torch thread (with
     second-order terms, two-thread convolution kernels sum in another order and
-    move the meta-gradient by up to about 1e-3).
+    move the meta-gradient by a few 1e-3 in the paper configuration).
 
 All evaluate the query set with the adapted weights and BatchNorm statistics
 taken from the task's *support* set (see :class:`fewmed.nn.ReferenceBatchNorm2d`),
@@ -131,20 +131,25 @@ def _losses_func(model, params, XS, YS, XQ, YQ, lr, steps, first_order):
         return vmap(task, randomness="error")(XS, YS, XQ, YQ)
 
 
+def _autograd_task(model, params, xs, ys, xq, yq, lr, steps, first_order):
+    """One task's query loss and accuracy after ``steps`` inner SGD steps (autograd)."""
+    p = dict(params)
+    for _ in range(steps):
+        with reference_stats(model, None):
+            loss = F.cross_entropy(functional_call(model, p, (xs,)), ys)
+        g = torch.autograd.grad(loss, list(p.values()), create_graph=not first_order)
+        p = {k: v - lr * gi for (k, v), gi in zip(p.items(), g)}
+    logits = _query_logits(model, p, xs, xq)
+    return F.cross_entropy(logits, yq), (logits.argmax(1) == yq).float().mean()
+
+
 def _losses_autograd(model, params, XS, YS, XQ, YQ, lr, steps, first_order):
     """Per-task loop with ``torch.autograd.grad(create_graph=True)``: the reference."""
-    losses, accs = [], []
-    for xs, ys, xq, yq in zip(XS, YS, XQ, YQ):
-        p = dict(params)
-        for _ in range(steps):
-            with reference_stats(model, None):
-                loss = F.cross_entropy(functional_call(model, p, (xs,)), ys)
-            g = torch.autograd.grad(loss, list(p.values()), create_graph=not first_order)
-            p = {k: v - lr * gi for (k, v), gi in zip(p.items(), g)}
-        logits = _query_logits(model, p, xs, xq)
-        losses.append(F.cross_entropy(logits, yq))
-        accs.append((logits.argmax(1) == yq).float().mean())
-    return torch.stack(losses), torch.stack(accs)
+    out = [
+        _autograd_task(model, params, *task, lr, steps, first_order)
+        for task in zip(XS, YS, XQ, YQ)
+    ]
+    return torch.stack([loss for loss, _ in out]), torch.stack([acc for _, acc in out])
 
 
 def _losses_higher(model, params, XS, YS, XQ, YQ, lr, steps, first_order):
@@ -176,9 +181,9 @@ class _ParallelTasks(torch.autograd.Function):
     """Query losses of T tasks computed in threads; backward runs per task, in threads."""
 
     @staticmethod
-    def forward(ctx, run, n_tasks, *values):
+    def forward(ctx, run, *values):
         graphs = run.forward(values)
-        ctx.run, ctx.graphs, ctx.n_values = run, graphs, len(values)
+        ctx.run, ctx.graphs = run, graphs
         losses = torch.stack([loss.detach() for loss, _ in graphs])
         accs = torch.stack([acc for _, acc in graphs])
         ctx.mark_non_differentiable(accs)
@@ -188,7 +193,7 @@ class _ParallelTasks(torch.autograd.Function):
     def backward(ctx, grad_losses, _grad_accs):
         grads = ctx.run.backward(ctx.graphs, grad_losses)
         ctx.graphs = None
-        return (None, None, *grads)
+        return (None, *grads)
 
 
 class _TaskThreads:
@@ -232,20 +237,13 @@ class _TaskThreads:
         self.leaves = leaves
 
         def task(i):
-            xs, ys, xq, yq = self.tasks[i]
             model = copy.deepcopy(self.model)  # functional_call must not share a module
+            params = dict(zip(self.names, leaves))
             with torch.enable_grad():
-                p = dict(zip(self.names, leaves))
-                for _ in range(self.steps):
-                    with reference_stats(model, None):
-                        loss = F.cross_entropy(functional_call(model, p, (xs,)), ys)
-                    g = torch.autograd.grad(
-                        loss, list(p.values()), create_graph=not self.first_order
-                    )
-                    p = {k: v - self.lr * gi for (k, v), gi in zip(p.items(), g)}
-                logits = _query_logits(model, p, xs, xq)
-                loss = F.cross_entropy(logits, yq)
-            return loss, (logits.argmax(1) == yq).float().mean().detach()
+                loss, acc = _autograd_task(
+                    model, params, *self.tasks[i], self.lr, self.steps, self.first_order
+                )
+            return loss, acc.detach()
 
         return self._map(task, list(range(len(self.tasks))))
 
@@ -272,7 +270,7 @@ class _TaskThreads:
 def _losses_threads(model, params, XS, YS, XQ, YQ, lr, steps, first_order):
     """The ``"autograd"`` loop, tasks in parallel threads (see the module docstring)."""
     run = _TaskThreads(model, list(params), XS, YS, XQ, YQ, lr, steps, first_order)
-    return _ParallelTasks.apply(run, len(XS), *params.values())
+    return _ParallelTasks.apply(run, *params.values())
 
 
 _IMPL: dict[str, Callable] = {
