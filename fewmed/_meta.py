@@ -10,10 +10,13 @@ Subclasses implement ``_fit(X, y)``, ``_adapt(Xs, ys)`` and ``_predict_logits(X)
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from fewmed._meta_net import TaskDataset
@@ -23,7 +26,24 @@ from fewmed.metrics import ConfidenceInterval, episodic_auc
 from fewmed.model_selection import EpisodeSampler, TaskDistribution
 from fewmed.nn import build_backbone
 
-__all__ = ["FewShotMixin", "MetaNetAttributes"]
+__all__ = ["META_CONSTRAINTS", "FewShotMixin", "MetaNetAttributes"]
+
+#: Parameter constraints every meta-learner shares (backbone width, task
+#: sampling, the meta-training loop, scoring); each adds its own to these.
+META_CONSTRAINTS: dict = {
+    "n_filters": [Interval(Integral, 1, None, closed="left")],
+    "n_way": [Interval(Integral, 2, None, closed="left")],
+    "n_shot": [Interval(Integral, 1, None, closed="left")],
+    "n_query": [Interval(Integral, 1, None, closed="left")],
+    "meta_batch_size": [Interval(Integral, 1, None, closed="left")],
+    "n_iterations": [Interval(Integral, 0, None, closed="left")],
+    "n_score_tasks": [Interval(Integral, 1, None, closed="left")],
+    "iterations_per_epoch": [Interval(Integral, 1, None, closed="left")],
+    "n_valid_tasks": [Interval(Integral, 1, None, closed="left")],
+    "callbacks": [list, None],
+    "verbose": ["verbose"],
+    "random_state": ["random_state"],
+}
 
 
 class FewShotMixin(ClassifierMixin, BaseEstimator):

@@ -18,7 +18,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from fewmed._inner_loop import BACKENDS, adapt, meta_batch_losses, predict_logits
-from fewmed._meta import FewShotMixin, MetaNetAttributes
+from fewmed._meta import META_CONSTRAINTS, FewShotMixin, MetaNetAttributes
 from fewmed._meta_net import IterationSchedule, MetaNet, fit_meta_net, step_decay
 from fewmed._validation import resolve_device
 
@@ -328,12 +328,7 @@ class DAMLClassifier(MetaNetAttributes, FewShotMixin):
     """
 
     _parameter_constraints: dict = {
-        "n_filters": [Interval(Integral, 1, None, closed="left")],
-        "n_way": [Interval(Integral, 2, None, closed="left")],
-        "n_shot": [Interval(Integral, 1, None, closed="left")],
-        "n_query": [Interval(Integral, 1, None, closed="left")],
-        "meta_batch_size": [Interval(Integral, 1, None, closed="left")],
-        "n_iterations": [Interval(Integral, 0, None, closed="left")],
+        **META_CONSTRAINTS,
         "meta_lr": [Interval(Real, 0, None, closed="neither")],
         "lr_decay_step": [Interval(Integral, 1, None, closed="left"), None],
         "inner_lr": [Interval(Real, 0, None, closed="neither")],
@@ -345,13 +340,7 @@ class DAMLClassifier(MetaNetAttributes, FewShotMixin):
         "difficulty_start": [Interval(Integral, 0, None, closed="left"), None],
         "reset_optimizer": ["boolean"],
         "backend": [StrOptions(set(BACKENDS))],
-        "n_score_tasks": [Interval(Integral, 1, None, closed="left")],
-        "iterations_per_epoch": [Interval(Integral, 1, None, closed="left")],
-        "n_valid_tasks": [Interval(Integral, 1, None, closed="left")],
-        "callbacks": [list, None],
         "warm_start": ["boolean"],
-        "verbose": ["verbose"],
-        "random_state": ["random_state"],
     }
 
     _adapted_attrs = ("classes_", "adapted_params_", "support_")

@@ -30,7 +30,7 @@ from skorch.callbacks import EarlyStopping, EpochScoring
 from skorch.helper import predefined_split
 from torch import nn
 
-from fewmed._meta import FewShotMixin
+from fewmed._meta import META_CONSTRAINTS, FewShotMixin
 from fewmed._meta_net import IterationSchedule, MetaNet, fit_meta_net, linear_anneal
 from fewmed._skorch import ArrayDataset, ImageNetClassifier, make_augment, stratified_split
 from fewmed._validation import resolve_device
@@ -469,13 +469,9 @@ class ReptileInitializer(FewShotMixin):
     """
 
     _parameter_constraints: dict = {
+        **META_CONSTRAINTS,
         "init": [StrOptions({"reptile", "random", "supervised"})],
-        "n_filters": [Interval(Integral, 1, None, closed="left")],
-        "n_way": [Interval(Integral, 2, None, closed="left")],
-        "n_shot": [Interval(Integral, 1, None, closed="left")],
         "n_query": [Interval(Integral, 0, None, closed="left")],
-        "meta_batch_size": [Interval(Integral, 1, None, closed="left")],
-        "n_iterations": [Interval(Integral, 0, None, closed="left")],
         "meta_step_size": [Interval(Real, 0, None, closed="left")],
         "meta_step_size_final": [Interval(Real, 0, None, closed="left")],
         "inner_lr": [Interval(Real, 0, None, closed="neither")],
@@ -492,12 +488,6 @@ class ReptileInitializer(FewShotMixin):
         "patience": [Interval(Integral, 1, None, closed="left")],
         "monitor": [StrOptions({"valid_loss", "valid_qwk", "valid_acc"})],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
-        "n_score_tasks": [Interval(Integral, 1, None, closed="left")],
-        "iterations_per_epoch": [Interval(Integral, 1, None, closed="left")],
-        "n_valid_tasks": [Interval(Integral, 1, None, closed="left")],
-        "callbacks": [list, None],
-        "verbose": ["verbose"],
-        "random_state": ["random_state"],
     }
 
     _adapted_attrs = ("classes_", "adapted_module_", "net_")
