@@ -241,6 +241,11 @@ def teacher_datasets(
         yield TeacherData(name, rows, yt, n_out, columns, ml, int(rng.randint(0, 2**31 - 1)))
 
 
+def _longest_first(work: Sequence[float]) -> list[int]:
+    """Job indices by decreasing work (ties in job order): the order jobs are handed out."""
+    return sorted(range(len(work)), key=lambda j: -work[j])
+
+
 def thread_plan(work: Sequence[float], n_cores: int) -> list[list[tuple[float, int]]]:
     """Torch threads for each job over its run: idle cores go to the jobs still running.
 
@@ -266,7 +271,7 @@ def thread_plan(work: Sequence[float], n_cores: int) -> list[list[tuple[float, i
     [[(0.0, 1), (0.474, 2)], [(0.0, 1)], [(0.0, 1)]]
     """
     n_cores = max(1, int(n_cores))
-    order = sorted(range(len(work)), key=lambda j: -work[j])
+    order = _longest_first(work)
     left = {j: float(work[j]) for j in order}
     plan: list[list[tuple[float, int]]] = [[] for _ in work]
     queue, running = list(order), []
@@ -351,10 +356,11 @@ def fit_teachers(
     if memory is not None:
         memory = memory if isinstance(memory, Memory) else Memory(memory, verbose=0)
         fit = memory.cache(fit, ignore=["plan"])
+    work = [len(job[2]) for job in jobs]
     n_cores = max(1, effective_n_jobs(n_jobs))
-    plans = thread_plan([len(job[2]) for job in jobs], n_cores)
+    plans = thread_plan(work, n_cores)  # simulates the order below
     n_workers = min(n_cores, max(1, len(jobs)))
-    order = sorted(range(len(jobs)), key=lambda j: -len(jobs[j][2]))  # longest first
+    order = _longest_first(work)
     fitted = Parallel(n_jobs=n_workers, backend="loky")(
         delayed(fit)(jobs[j][1], jobs[j][2], jobs[j][3], plans[j]) for j in order
     )

@@ -232,14 +232,15 @@ def _speedup(args, prof, X, y, seed, repeats: int = 2) -> dict:
         "balanced_4_subsets": (Xb, yb, [[0, 1], [2, 3], [4, 5], [6, 7]]),
     }
     for name, (Xs, ys, subsets) in cases.items():
+        est = _estimator(prof, seed, args, None, subsets=subsets)
+        est.initialize()
+        est.check_data(Xs, ys)
+        Xc, targets = est.fit_cache_[1], est.fit_cache_[2]
+        est.subsets_ = _subsets_of(est)
         runs = {1: [], 2: []}
         for _ in range(repeats):
             for n_jobs in (1, 2):
-                est = _estimator(prof, seed, args, None, subsets=subsets, n_jobs=n_jobs)
-                est.initialize()
-                est.check_data(Xs, ys)
-                Xc, targets = est.fit_cache_[1], est.fit_cache_[2]
-                est.subsets_ = _subsets_of(est)
+                est.set_params(n_jobs=n_jobs)
                 t0 = time.perf_counter()
                 est._fit_teachers(Xc, targets, seed)
                 runs[n_jobs].append(time.perf_counter() - t0)
