@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fewmed.benchmarks._common import environment, format_table, output_dir, write_json
 
@@ -32,11 +33,37 @@ def add_arguments(parser) -> None:
 
 
 def _classic_order(model):
-    """The same weights in the usual conv -> BN -> ReLU -> pool order."""
+    """The same weights in the usual conv -> BN -> ReLU -> pool order, with torch's layers.
+
+    torch's ``max_pool2d`` and ``F.batch_norm`` (whose double backward is
+    torch's composite one) instead of fewmed's faster versions, and the query set
+    normalised with support statistics by the textbook formula (so the
+    meta-gradient is the same), as fewmed's own layers did before.
+    """
+    from fewmed.nn import ReferenceBatchNorm2d
+
+    class TorchReferenceBatchNorm2d(ReferenceBatchNorm2d):
+        def forward(self, x):
+            if self.n_ref is None:
+                return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+            ref = x[: self.n_ref]  # the textbook formula, as one would write it by hand
+            mean = ref.mean(dim=(0, 2, 3), keepdim=True)
+            var = (ref - mean).square().mean(dim=(0, 2, 3), keepdim=True)
+            xhat = (x - mean) * torch.rsqrt(var + self.eps)
+            return xhat * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
     base = copy.deepcopy(model)
     f = list(base.features)
+    for i in range(1, len(f), 4):
+        bn = TorchReferenceBatchNorm2d(f[i].num_features, f[i].eps)
+        bn.load_state_dict(f[i].state_dict())
+        f[i] = bn
     base.features = torch.nn.Sequential(
-        *[m for i in range(0, len(f), 4) for m in (f[i], f[i + 1], f[i + 3], f[i + 2])]
+        *[
+            m
+            for i in range(0, len(f), 4)
+            for m in (f[i], f[i + 1], f[i + 3], torch.nn.MaxPool2d(f[i + 2].kernel_size))
+        ]
     )
     return base
 

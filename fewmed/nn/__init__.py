@@ -5,11 +5,13 @@ from ._backbones import (
     BACKBONES,
     Conv4,
     Decoder,
+    IndexMaxPool2d,
     ReferenceBatchNorm2d,
     ResNet,
     build_backbone,
     make_decoder,
 )
+from ._functional import batch_norm_train, max_pool2d_gather
 
 __all__ = [
     "Augment",
@@ -17,8 +19,11 @@ __all__ = [
     "BACKBONES",
     "Conv4",
     "Decoder",
+    "IndexMaxPool2d",
     "ReferenceBatchNorm2d",
     "ResNet",
     "build_backbone",
     "make_decoder",
+    "batch_norm_train",
+    "max_pool2d_gather",
 ]

