@@ -82,43 +82,28 @@ def test_max_pool2d_gather_equals_torch_with_ties(shape, kernel):
 
 
 def test_conv4_meta_gradient_unchanged_by_the_fast_layers():
-    """Second-order MAML through Conv4: fast layers vs torch's BatchNorm and pooling."""
+    """Second-order MAML through Conv4: fast layers vs torch's BatchNorm and pooling.
+
+    The reference is the inner-loop benchmark's baseline network: the same
+    weights with torch's ``max_pool2d``, ``F.batch_norm`` and the textbook
+    support-statistics formula; both go through fewmed's own inner loop.
+    """
+    from fewmed._inner_loop import meta_batch_losses
+    from fewmed.benchmarks.inner_loop import _classic_order
+
     torch.manual_seed(0)
     net = Conv4(3, 2, 8, 12, norm="reference").double()
-    x, y = torch.rand(6, 3, 12, 12, dtype=torch.float64), torch.tensor([0, 1] * 3)
+    torch_net = _classic_order(net)
+    assert not any(isinstance(m, IndexMaxPool2d) for m in torch_net.modules())
+    XS = torch.rand(2, 6, 3, 12, 12, dtype=torch.float64)  # noqa: N806
+    XQ = torch.rand(2, 8, 3, 12, 12, dtype=torch.float64)  # noqa: N806
+    YS, YQ = torch.tensor([[0, 1] * 3] * 2), torch.tensor([[0, 1] * 4] * 2)  # noqa: N806
 
-    def meta_grad(fast):
-        bn_forward = type(net.features[1]).forward
-        if not fast:
+    def meta_grad(model):
+        losses, _ = meta_batch_losses(model, XS, YS, XQ, YQ, lr=0.1, steps=2, backend="autograd")
+        return torch.autograd.grad(losses.sum(), list(model.parameters()))
 
-            def torch_layers(self, x):
-                return (
-                    _torch_bn(x, self.weight, self.bias)
-                    if self.n_ref is None
-                    else bn_forward(self, x)
-                )
-
-            type(net.features[1]).forward = torch_layers
-        try:
-            params = dict(net.named_parameters())
-            p = dict(params)
-            for _ in range(2):
-                out = torch.func.functional_call(net, p, (x,))
-                gs = torch.autograd.grad(
-                    F.cross_entropy(out, y), list(p.values()), create_graph=True
-                )
-                p = {k: v - 0.1 * gk for (k, v), gk in zip(p.items(), gs)}
-            loss = F.cross_entropy(torch.func.functional_call(net, p, (x,)), y)
-            return torch.autograd.grad(loss, list(params.values()))
-        finally:
-            type(net.features[1]).forward = bn_forward
-
-    pools = [m for m in net.modules() if isinstance(m, IndexMaxPool2d)]
-    fast = meta_grad(True)
-    for m in pools:  # torch's own pooling for the reference
-        m.forward = torch.nn.MaxPool2d.forward.__get__(m)
-    ref = meta_grad(False)
-    for a, b in zip(fast, ref):
+    for a, b in zip(meta_grad(net), meta_grad(torch_net)):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 

@@ -55,7 +55,8 @@ def _classic_order(model):
     base = copy.deepcopy(model)
     f = list(base.features)
     for i in range(1, len(f), 4):
-        bn = TorchReferenceBatchNorm2d(f[i].num_features, f[i].eps)
+        # on the model's device and dtype (the benchmark runs with --device cuda too)
+        bn = TorchReferenceBatchNorm2d(f[i].num_features, f[i].eps).to(f[i].weight)
         bn.load_state_dict(f[i].state_dict())
         f[i] = bn
     base.features = torch.nn.Sequential(
