@@ -68,7 +68,7 @@ class CDCClassifier(ImageNetClassifier):
 
     Parameters
     ----------
-    module : {"conv4", "resnet", "resnet18"}, nn.Module class or instance, default="conv4"
+    module : {"conv4", "resnet", "resnet18", "vgg"}, nn.Module class or instance, default="conv4"
         The classifier backbone. It must follow the fewmed backbone protocol
         (``forward_features``, ``forward_head``, ``feature_shape``,
         ``input_shape``) when ``decoder=True``; any module with logits output

@@ -203,7 +203,7 @@ class DAMLClassifier(MetaNetAttributes, FewShotMixin):
 
     Parameters
     ----------
-    module : {"conv4", "resnet"} or nn.Module class, default="conv4"
+    module : {"conv4", "resnet", "vgg"} or nn.Module class, default="conv4"
         Backbone. The paper's Conv4: 4 x [3x3 conv with ``n_filters``, BatchNorm,
         ReLU, 2x2 max-pool]. Classes are built with ``norm="reference"``.
     n_filters : int, default=64

@@ -182,7 +182,7 @@ class ProtoNetClassifier(MetaNetAttributes, FewShotMixin):
 
     Parameters
     ----------
-    module : {"conv4", "resnet"} or nn.Module class or instance, default="conv4"
+    module : {"conv4", "resnet", "vgg"} or nn.Module class or instance, default="conv4"
         Backbone, built without a head: the embedding is its flattened (Conv4) or
         pooled (ResNet) feature map. Conv4 is the paper's embedding network (4 x
         [3x3 conv with ``n_filters``, BatchNorm, ReLU, 2x2 max-pool]).

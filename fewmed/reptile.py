@@ -351,7 +351,7 @@ class ReptileInitializer(FewShotMixin):
     ----------
     init : {"reptile", "random", "supervised"}, default="reptile"
         How ``fit`` builds the initialization.
-    module : {"conv4", "resnet"} or nn.Module class, default="conv4"
+    module : {"conv4", "resnet", "vgg"} or nn.Module class, default="conv4"
         Backbone (built with BatchNorm; the paper uses Reptile's Conv4).
     n_filters : int, default=32
         Width of the backbone (Reptile's mini-ImageNet Conv4: 32).

@@ -119,7 +119,7 @@ class RelationalSubsetsDistiller(ImageNetClassifier):
 
     Parameters
     ----------
-    module : {"conv4", "resnet", "resnet18"}, nn.Module class or instance, default="conv4"
+    module : {"conv4", "resnet", "resnet18", "vgg"}, nn.Module class or instance, default="conv4"
         Backbone of the student (and of the teachers unless ``teacher`` says
         otherwise). Further arguments: ``module__<name>``.
     n_filters : int or None, default=None

@@ -71,6 +71,17 @@ def test_daml_benchmark_smoke_on_synthetic(capsys, tmp_path):
     assert (tmp_path / "daml.png").stat().st_size > 1000
 
 
+def test_cdc_benchmark_smoke_with_another_backbone(capsys, tmp_path):
+    args = ["benchmark", "cdc", "--quick", "--synthetic", "--methods", "CE", "CDC"]
+    args += ["--module", "vgg", "--filters", "4", "--epochs", "1", "--size", "12"]
+    args += ["--folds", "2", "--max-folds", "1", "--out", str(tmp_path), "-v", "0"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "vgg-4" in out and "Table 1" in out and "Table 2" not in out  # no focal methods
+    payload = json.loads((tmp_path / "cdc.json").read_text())
+    assert payload["module"] == "vgg" and payload["synthetic_data"] is True
+
+
 def test_inner_loop_benchmark_smoke(capsys, tmp_path):
     args = [
         "benchmark",

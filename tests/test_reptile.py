@@ -120,9 +120,10 @@ def test_keep_batchnorm_when_asked(fitted, lesions):
 
 
 def test_fold_preserves_the_function():
-    from fewmed.nn import Conv4, ResNet
+    from fewmed.nn import VGG, Conv4, ResNet
 
-    for net in (Conv4(n_classes=3, n_filters=4), ResNet(n_classes=3, n_filters=4)):
+    nets = (Conv4(n_classes=3, n_filters=4), ResNet(n_classes=3, n_filters=4), VGG(3, 3, 4))
+    for net in nets:
         net.train()
         net(torch.rand(16, 3, 28, 28))  # move the running statistics
         net.eval()

@@ -6,6 +6,7 @@ import torch
 
 from fewmed._validation import check_image_shape, check_images, resolve_device
 from fewmed.nn import (
+    VGG,
     Augment,
     Conv4,
     Decoder,
@@ -81,9 +82,39 @@ def test_resnet_and_builder():
     built = build_backbone(user, in_channels=3, input_shape=28, n_classes=2)
     assert built is not user
     with pytest.raises(ValueError, match="not a known backbone"):
-        build_backbone("vgg", in_channels=3, input_shape=28, n_classes=2)
+        build_backbone("alexnet", in_channels=3, input_shape=28, n_classes=2)
     net.reset_head(7)
     assert net(torch.rand(2, 1, 28, 28)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("size", [28, (30, 20), 5, 1])
+def test_vgg_any_size_structure_and_decoder(size):
+    net = build_backbone("vgg", in_channels=3, input_shape=size, n_classes=7, n_filters=4)
+    assert isinstance(net, VGG)
+    h, w = (size, size) if isinstance(size, int) else size
+    x = torch.rand(2, 3, h, w)
+    assert net(x).shape == (2, 7)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [4, 4, 8, 8, 16, 16]
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 6
+    fmap = net.forward_features(x)
+    assert tuple(fmap.shape[1:]) == net.feature_shape and net.feature_dim == 16
+    assert make_decoder(net)(fmap).shape == x.shape
+    if size == 28:
+        assert net.feature_shape == (16, 3, 3)  # 28 -> 14 -> 7 -> 3
+
+
+def test_vgg_options_and_errors():
+    plain = VGG(n_filters=4, n_classes=2, n_blocks=2, norm=None, dropout=0.5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    assert all(c.bias is not None for c in plain.modules() if isinstance(c, torch.nn.Conv2d))
+    plain.eval()
+    x = torch.rand(3, 3, 28, 28)
+    assert torch.equal(plain(x), plain(x))  # dropout only in training mode
+    with pytest.raises(ValueError, match="n_blocks"):
+        VGG(n_blocks=0)
+    with pytest.raises(ValueError, match="dropout"):
+        VGG(dropout=1.0)
 
 
 def test_decoder_output_range():

@@ -84,6 +84,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--max-folds", type=int, default=None, help="run only the first N folds")
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument(
+        "--module", default=None, choices=["conv4", "resnet", "resnet18", "vgg"], help="backbone"
+    )
     parser.add_argument("--filters", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
@@ -176,7 +179,8 @@ def run(args) -> dict:
     prof = dict(PROFILES["quick" if args.quick else "full"])
     size = args.size or prof["size"]
     epochs = prof["epochs"] if args.epochs is None else args.epochs
-    filters = args.filters or prof["n_filters"]
+    module = args.module or prof["module"]
+    filters = args.filters or (prof["n_filters"] if module == prof["module"] else None)
     batch_size = args.batch_size or prof["batch_size"]
     lr = args.lr or prof["lr"]
     augment = args.augment or prof["augment"]
@@ -201,7 +205,7 @@ def run(args) -> dict:
     print(
         f"data: {'SYNTHETIC lesions' if synthetic else 'HAM10000'} at {size}px, {len(y)} images, "
         f"counts {dict(zip(names, np.bincount(y).tolist()))}; {args.folds}-fold "
-        f"StratifiedGroupKFold on lesions; {prof['module']}-{filters}, {epochs} epochs, "
+        f"StratifiedGroupKFold on lesions; {module}-{filters or 'default'}, {epochs} epochs, "
         f"batch {batch_size}, Adam lr {lr} ({schedule} schedule), augment {augment!r}, "
         f"alpha {args.alpha}, beta {args.beta}, reconstruction_weight {rec_weight}, "
         f"decoder_filters {dec_filters}, decoder_scale {dec_scale}",
@@ -224,7 +228,7 @@ def run(args) -> dict:
         tr = _cap_largest(tr, y, nv_cap, args.seed + fold)
         for m in args.methods:
             clf = CDCClassifier(
-                module=prof["module"],
+                module=module,
                 n_filters=filters,
                 max_epochs=epochs,
                 batch_size=batch_size,
@@ -277,7 +281,8 @@ def run(args) -> dict:
         rows = [
             [m, agg(m, "mf1"), agg(m, "precision"), agg(m, "recall")] for m in group if m in results
         ]
-        tables[title] = format_table(rows, ["method", "MF1", "Precision", "Recall"])
+        if rows:  # a run with --methods may leave a table empty
+            tables[title] = format_table(rows, ["method", "MF1", "Precision", "Recall"])
     rows = [
         [m, agg(m, "f1", "rare"), agg(m, "precision", "rare"), agg(m, "recall", "rare")]
         for m in results
@@ -320,7 +325,7 @@ def run(args) -> dict:
         "profile": "quick" if args.quick else "full",
         "synthetic_data": synthetic,
         "size": size,
-        "module": prof["module"],
+        "module": module,
         "n_filters": filters,
         "epochs": epochs,
         "batch_size": batch_size,

@@ -3,6 +3,7 @@
 from ._augment import Augment, augment
 from ._backbones import (
     BACKBONES,
+    VGG,
     Conv4,
     Decoder,
     IndexMaxPool2d,
@@ -22,6 +23,7 @@ __all__ = [
     "IndexMaxPool2d",
     "ReferenceBatchNorm2d",
     "ResNet",
+    "VGG",
     "build_backbone",
     "make_decoder",
     "batch_norm_train",

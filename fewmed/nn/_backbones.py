@@ -22,6 +22,7 @@ from ._functional import batch_norm_train, max_pool2d_gather
 __all__ = [
     "Conv4",
     "ResNet",
+    "VGG",
     "Decoder",
     "ReferenceBatchNorm2d",
     "IndexMaxPool2d",
@@ -305,6 +306,86 @@ class ResNet(_Backbone):
         return self.features(self.stem(x))
 
 
+class VGG(_Backbone):
+    """A VGG-style network for small images: pairs of 3x3 convolutions, then pooling.
+
+    ``n_blocks`` blocks of [conv 3x3, BatchNorm, ReLU, conv 3x3, BatchNorm, ReLU,
+    2x2 max-pooling] with ``n_filters * (1, 2, 4, ...)`` channels, global average
+    pooling, optional dropout and a linear head. At 28 px the default (3 blocks,
+    32 filters) keeps a 28x28 and a 14x14 stage before its 7x7 one, where
+    :class:`Conv4` pools after every convolution; on HAM10000 at 28 px it is the
+    strongest of fewmed's backbones (``docs/benchmarks.md``, CDC section), at
+    about 30 M multiply-adds per image (ResNet-10 with 32 filters: about 50 M).
+
+    Parameters
+    ----------
+    in_channels : int, default=3
+    n_classes : int or None, default=None
+    n_filters : int, default=32
+        Width of the first block; block ``i`` has ``n_filters * 2**i`` filters.
+    input_shape : int or (int, int), default=28
+    n_blocks : int, default=3
+        Pooling stops halving a side once it is 1 pixel.
+    dropout : float, default=0.0
+        Dropout before the head.
+    norm : {"batch", "reference", None}, default="batch"
+    track_running_stats : bool, default=True
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = VGG(in_channels=3, n_classes=7, n_filters=8, input_shape=28)
+    >>> net(torch.zeros(2, 3, 28, 28)).shape
+    torch.Size([2, 7])
+    >>> net.feature_shape
+    (32, 3, 3)
+    """
+
+    global_pool = True
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        n_classes: int | None = None,
+        n_filters: int = 32,
+        input_shape: int | Sequence[int] = 28,
+        n_blocks: int = 3,
+        dropout: float = 0.0,
+        norm: str | None = "batch",
+        track_running_stats: bool = True,
+    ) -> None:
+        super().__init__()
+        if n_blocks < 1:
+            raise ValueError(f"n_blocks must be >= 1, got {n_blocks}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+        h, w = _pair(input_shape)
+        self.input_shape = (in_channels, h, w)
+        bias = norm in (None, "none")
+        layers: list[nn.Module] = []
+        c = in_channels
+        for i in range(n_blocks):
+            c_out = n_filters * 2**i
+            for c_in in (c, c_out):
+                layers += [
+                    nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias),
+                    _norm(norm, c_out, track_running_stats),
+                    nn.ReLU(),
+                ]
+            kh, kw = (2 if h >= 2 else 1), (2 if w >= 2 else 1)
+            layers.append(nn.MaxPool2d((kh, kw)))
+            h, w, c = h // kh, w // kw, c_out
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
+        self._build_head(n_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.embed(fmap)))
+
+
 class Decoder(nn.Module):
     """Reconstruct an image ``(C, H, W)`` from a feature map ``(c, h, w)``.
 
@@ -385,7 +466,7 @@ class Decoder(nn.Module):
         return self.net(fmap)
 
 
-BACKBONES: dict[str, type[_Backbone]] = {"conv4": Conv4, "resnet": ResNet}
+BACKBONES: dict[str, type[_Backbone]] = {"conv4": Conv4, "resnet": ResNet, "vgg": VGG}
 
 
 def build_backbone(
@@ -401,7 +482,7 @@ def build_backbone(
 
     Parameters
     ----------
-    module : {"conv4", "resnet", "resnet18"} or nn.Module subclass or instance
+    module : {"conv4", "resnet", "resnet18", "vgg"} or nn.Module subclass or instance
         A name, a class (called with ``in_channels``, ``n_classes``,
         ``input_shape``, ``n_filters`` and ``kwargs``) or an instance (deep-copied,
         so the user's object is never trained in place).
