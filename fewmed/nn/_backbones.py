@@ -313,9 +313,10 @@ class VGG(_Backbone):
     2x2 max-pooling] with ``n_filters * (1, 2, 4, ...)`` channels, global average
     pooling, optional dropout and a linear head. At 28 px the default (3 blocks,
     32 filters) keeps a 28x28 and a 14x14 stage before its 7x7 one, where
-    :class:`Conv4` pools after every convolution; on HAM10000 at 28 px it is the
-    strongest of fewmed's backbones (``docs/benchmarks.md``, CDC section), at
-    about 30 M multiply-adds per image (ResNet-10 with 32 filters: about 50 M).
+    :class:`Conv4` pools after every convolution. On HAM10000 at 28 px it gave
+    the best plain classifier of fewmed's backbones (``docs/benchmarks.md``, CDC
+    section), at about 30 M multiply-adds per image (ResNet-10 with 32 filters:
+    about 50 M).
 
     Parameters
     ----------
