@@ -119,6 +119,12 @@ def _norm(kind: str | None, channels: int, track_running_stats: bool) -> nn.Modu
     raise ValueError(f"norm must be 'batch', 'reference' or None, got {kind!r}.")
 
 
+def _halving_pool(h: int, w: int) -> tuple[IndexMaxPool2d, int, int]:
+    """2x2 max-pooling that stops halving a side once it is 1 pixel; the new ``(h, w)``."""
+    kh, kw = (2 if h >= 2 else 1), (2 if w >= 2 else 1)
+    return IndexMaxPool2d((kh, kw)), h // kh, w // kw
+
+
 class _Backbone(nn.Module):
     """Common head logic: flatten (or pool) the feature map, then a linear layer."""
 
@@ -205,16 +211,16 @@ class Conv4(_Backbone):
         layers: list[nn.Module] = []
         c = in_channels
         for _ in range(4):
-            kh, kw = (2 if h >= 2 else 1), (2 if w >= 2 else 1)
+            pool, h, w = _halving_pool(h, w)
             # max-pooling commutes with ReLU (both are monotone), so pooling first gives
             # the same outputs and gradients with 4x less ReLU work
             layers += [
                 nn.Conv2d(c, n_filters, 3, padding=1),
                 _norm(norm, n_filters, track_running_stats),
-                IndexMaxPool2d((kh, kw)),
+                pool,
                 nn.ReLU(inplace=False),
             ]
-            h, w, c = h // kh, w // kw, n_filters
+            c = n_filters
         self.features = nn.Sequential(*layers)
         self._build_head(n_classes)
 
@@ -373,9 +379,9 @@ class VGG(_Backbone):
                     _norm(norm, c_out, track_running_stats),
                     nn.ReLU(),
                 ]
-            kh, kw = (2 if h >= 2 else 1), (2 if w >= 2 else 1)
-            layers.append(nn.MaxPool2d((kh, kw)))
-            h, w, c = h // kh, w // kw, c_out
+            pool, h, w = _halving_pool(h, w)
+            layers.append(pool)
+            c = c_out
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout)
         self._build_head(n_classes)
