@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 from fewmed._meta_net import TaskDataset
 from fewmed._skorch import make_augment
 from fewmed._validation import check_image_shape, check_images
-from fewmed.metrics import ConfidenceInterval, episodic_auc
+from fewmed.metrics import ConfidenceInterval, mean_confidence_interval, task_aucs
 from fewmed.model_selection import EpisodeSampler, TaskDistribution
 from fewmed.nn import build_backbone
 
@@ -217,7 +217,7 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
         proba = self.predict_proba(X)
         return self.classes_[proba.argmax(1)]
 
-    def score_episodes(
+    def episode_scores(
         self,
         X,
         y,
@@ -226,12 +226,20 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
         n_shot: int | None = None,
         n_query: int | None = None,
         random_state=None,
-    ) -> ConfidenceInterval:
-        """Mean AUC and 95% CI over tasks sampled from ``(X, y)``.
+    ) -> np.ndarray:
+        """AUC of each of ``n_tasks`` tasks sampled from ``(X, y)``.
 
         Each task draws ``n_way`` classes, adapts a copy of the meta-trained model
         to ``n_shot`` support images per class and scores the ``n_query`` query
-        images per class. The estimator itself is left as it was.
+        images per class. The estimator itself is left as it was. The tasks
+        depend only on ``(y, n_way, n_shot, n_query, n_tasks, random_state)``, so
+        two estimators scored with the same arguments see the same tasks, and
+        :func:`fewmed.metrics.paired_confidence_interval` compares them task by
+        task.
+
+        Returns
+        -------
+        ndarray of shape (n_tasks,)
         """
         check_is_fitted(self, "input_shape_")
         Xt = self._check_X(X)
@@ -253,7 +261,27 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
                 y_score.append(torch.softmax(logits.double(), 1).numpy())
         finally:
             self._restore_adapted(saved)
-        return episodic_auc(y_true, y_score)
+        return task_aucs(y_true, y_score)
+
+    def score_episodes(
+        self,
+        X,
+        y,
+        *,
+        n_tasks: int | None = None,
+        n_shot: int | None = None,
+        n_query: int | None = None,
+        random_state=None,
+    ) -> ConfidenceInterval:
+        """Mean AUC and 95% CI over tasks sampled from ``(X, y)``.
+
+        The summary of :meth:`episode_scores` (same arguments, same tasks).
+        """
+        return mean_confidence_interval(
+            self.episode_scores(
+                X, y, n_tasks=n_tasks, n_shot=n_shot, n_query=n_query, random_state=random_state
+            )
+        )
 
     def score(self, X, y, sample_weight=None) -> float:
         """Mean AUC over ``n_score_tasks`` episodes sampled from ``(X, y)``.

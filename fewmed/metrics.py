@@ -1,6 +1,7 @@
 """Metrics of the four papers, all usable through :func:`sklearn.metrics.make_scorer`.
 
-* episodic AUC as mean and 95% confidence interval over tasks (DAML),
+* episodic AUC as mean and 95% confidence interval over tasks (DAML), and the
+  paired interval of two methods scored on the same tasks,
 * quadratic weighted kappa (diabetic-retinopathy grading, Reptile paper),
 * macro F1 / precision / recall (CDC),
 * mean average precision overall and per head / medium / tail group (RSKD).
@@ -27,7 +28,9 @@ from sklearn.preprocessing import label_binarize
 __all__ = [
     "ConfidenceInterval",
     "mean_confidence_interval",
+    "paired_confidence_interval",
     "episodic_auc",
+    "task_aucs",
     "quadratic_weighted_kappa",
     "macro_f1",
     "macro_precision",
@@ -78,6 +81,48 @@ def mean_confidence_interval(
     return ConfidenceInterval(mean, h, mean - h, mean + h, std, int(v.size))
 
 
+def paired_confidence_interval(
+    scores_a: Sequence[float], scores_b: Sequence[float], confidence: float = 0.95
+) -> ConfidenceInterval:
+    """Mean and Student-t interval of ``a - b`` over tasks both methods were scored on.
+
+    When two methods are scored on the same tasks (same support and query
+    images, e.g. :meth:`DAMLClassifier.episode_scores` with the same
+    ``random_state``), the per-task differences remove the variation between
+    easy and hard tasks, which dominates each method's own interval. An
+    interval that excludes 0 says the difference is larger than the test tasks'
+    sampling noise; it says nothing about the variation between training runs.
+    Tasks where either score is NaN are left out.
+
+    Parameters
+    ----------
+    scores_a, scores_b : sequence of float
+        Per-task scores of the two methods, in the same task order.
+    confidence : float, default=0.95
+
+    Returns
+    -------
+    ConfidenceInterval
+        Of the differences ``a - b``.
+
+    Examples
+    --------
+    >>> ci = paired_confidence_interval([0.8, 0.7, 0.9], [0.7, 0.65, 0.8])
+    >>> round(ci.mean, 3), ci.n
+    (0.083, 3)
+    """
+    a = np.asarray(scores_a, dtype=float)
+    b = np.asarray(scores_b, dtype=float)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(
+            f"scores_a and scores_b must be 1-D per-task scores of the same tasks; got shapes "
+            f"{a.shape} and {b.shape}. Score both methods on the same tasks (same n_tasks, "
+            "n_shot and random_state)."
+        )
+    both = ~(np.isnan(a) | np.isnan(b))
+    return mean_confidence_interval(a[both] - b[both], confidence)
+
+
 def _task_auc(y_true, y_score) -> float:
     y_true = np.asarray(y_true)
     y_score = np.asarray(y_score, dtype=float)
@@ -117,8 +162,23 @@ def episodic_auc(
     """
     if len(y_true_tasks) != len(y_score_tasks):
         raise ValueError("y_true_tasks and y_score_tasks must have the same number of tasks.")
-    aucs = [_task_auc(t, s) for t, s in zip(y_true_tasks, y_score_tasks)]
-    return mean_confidence_interval(aucs, confidence)
+    return mean_confidence_interval(task_aucs(y_true_tasks, y_score_tasks), confidence)
+
+
+def task_aucs(y_true_tasks: Sequence, y_score_tasks: Sequence) -> np.ndarray:
+    """AUC of every task (NaN for a task whose query set holds one class).
+
+    The per-task values behind :func:`episodic_auc`; pass two methods' values to
+    :func:`paired_confidence_interval`.
+
+    Examples
+    --------
+    >>> task_aucs([[0, 1, 1], [0, 0, 1]], [[0.1, 0.8, 0.6], [0.3, 0.6, 0.5]])
+    array([1. , 0.5])
+    """
+    if len(y_true_tasks) != len(y_score_tasks):
+        raise ValueError("y_true_tasks and y_score_tasks must have the same number of tasks.")
+    return np.array([_task_auc(t, s) for t, s in zip(y_true_tasks, y_score_tasks)], dtype=float)
 
 
 def quadratic_weighted_kappa(y_true, y_pred, *, labels: Sequence | None = None) -> float:

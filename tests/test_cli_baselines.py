@@ -60,6 +60,7 @@ def test_daml_benchmark_smoke_on_synthetic(capsys, tmp_path):
     assert "SYNTHETIC" in out and "Table 1" in out and "Table 2" in out
     payload = json.loads((tmp_path / "daml.json").read_text())
     assert payload["synthetic_data"] is True
+    assert payload["difficulty_start"] == 2  # half of --iterations, the paper's rule
     assert set(payload["table1"]) == {
         "Finetune + Aug",
         "ConvFeature + KNN",
@@ -68,18 +69,40 @@ def test_daml_benchmark_smoke_on_synthetic(capsys, tmp_path):
         "DAML (eta=5)",
         "ProtoNet",
     }
+    # Table 1b: every method minus MAML, task by task on the same tasks
+    assert "Table 1b" in out
+    diffs, aucs = payload["table1_minus_maml"], payload["task_aucs"]
+    assert set(diffs) == set(payload["table1"]) - {"MAML"}
+    for k in ("1", "2"):
+        a, b = np.array(aucs["DAML (eta=5)"][k]), np.array(aucs["MAML"][k])
+        assert len(a) == len(b) == 3
+        assert np.isclose(diffs["DAML (eta=5)"][k]["mean"], np.nanmean(a - b))
+        assert np.isclose(payload["table1"]["MAML"][k]["mean"], np.nanmean(b))
+    eta1, maml2 = payload["table2"]["eta = 1"], payload["table1"]["MAML"]["2"]
+    assert np.isclose(eta1["vs_maml"]["mean"], eta1["mean"] - maml2["mean"])
     assert (tmp_path / "daml.png").stat().st_size > 1000
+
+
+def test_daml_benchmark_difficulty_start_must_leave_both_phases(tmp_path):
+    args = ["benchmark", "daml", "--quick", "--synthetic", "--iterations", "4", "--out"]
+    with pytest.raises(ValueError, match="--difficulty-start must be between 1 and"):
+        main(args + [str(tmp_path), "--difficulty-start", "4"])
 
 
 def test_cdc_benchmark_smoke_with_another_backbone(capsys, tmp_path):
     args = ["benchmark", "cdc", "--quick", "--synthetic", "--methods", "CE", "CDC"]
     args += ["--module", "vgg", "--filters", "4", "--epochs", "1", "--size", "12"]
-    args += ["--folds", "2", "--max-folds", "1", "--out", str(tmp_path), "-v", "0"]
+    args += ["--folds", "2", "--out", str(tmp_path), "-v", "0"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "vgg-4" in out and "Table 1" in out and "Table 2" not in out  # no focal methods
     payload = json.loads((tmp_path / "cdc.json").read_text())
     assert payload["module"] == "vgg" and payload["synthetic_data"] is True
+    # CDC minus CE fold by fold (the same folds), with a t interval over the folds
+    assert "CDC MF1 gain over CE" in out and "95% CI over folds" in out
+    gain, res = payload["mf1_gain_cdc_minus"]["CE"], payload["results"]
+    per_fold = [100 * (c["mf1"] - b["mf1"]) for c, b in zip(res["CDC"], res["CE"])]
+    assert np.allclose(gain["per_fold"], per_fold) and np.isclose(gain["mean"], np.mean(per_fold))
 
 
 def test_inner_loop_benchmark_smoke(capsys, tmp_path):
@@ -135,6 +158,14 @@ def test_finetune_baseline_reproducible(lesions):
     b = FineTuneClassifier(**kw).fit(X[y < 3], y[y < 3]).adapt(X[sup], y[sup])
     np.testing.assert_allclose(a.predict_proba(X[:8]), b.predict_proba(X[:8]), atol=1e-6)
     assert list(a.classes_) == [3, 4]
+    # adapting to another task in between changes nothing: the same support set gives the
+    # same model, so a task's score does not depend on what was scored before it
+    first = a.predict_proba(X[:8])
+    other = np.r_[np.flatnonzero(y == 0)[:5], np.flatnonzero(y == 4)[:5]]
+    a.adapt(X[other], y[other]).adapt(X[sup], y[sup])
+    np.testing.assert_array_equal(a.predict_proba(X[:8]), first)
+    kw = dict(n_tasks=4, n_shot=2, random_state=0)
+    np.testing.assert_array_equal(a.episode_scores(X, y, **kw), a.episode_scores(X, y, **kw))
 
 
 def test_finetune_reuses_a_fitted_extractor(lesions, monkeypatch):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import cohen_kappa_score, make_scorer
 from sklearn.model_selection import GridSearchCV, cross_val_score
@@ -14,8 +15,10 @@ from fewmed.metrics import (
     map_scorer,
     mean_average_precision,
     mean_confidence_interval,
+    paired_confidence_interval,
     quadratic_weighted_kappa,
     qwk_scorer,
+    task_aucs,
 )
 from fewmed.model_selection import (
     EpisodeSampler,
@@ -112,6 +115,24 @@ def test_confidence_interval_and_episodic_auc():
     assert np.isclose(ci.half_width, 3.182446 * np.std([0.6, 0.7, 0.8, 0.9], ddof=1) / 2, atol=1e-5)
     res = episodic_auc([[0, 1], [0, 1]], [[[0.9, 0.1], [0.2, 0.8]], [[0.3, 0.7], [0.6, 0.4]]])
     assert res.n == 2 and np.isclose(res.mean, 0.5)
+
+
+def test_paired_confidence_interval_is_the_paired_t_interval():
+    rng = np.random.default_rng(0)
+    hard = rng.uniform(0.5, 1.0, 40)  # task difficulty, shared by both methods
+    a, b = hard + rng.normal(0.02, 0.01, 40), hard
+    ci = paired_confidence_interval(a, b)
+    low, high = stats.ttest_rel(a, b).confidence_interval(0.95)
+    assert np.isclose(ci.low, low) and np.isclose(ci.high, high) and ci.n == 40
+    # the shared difficulty cancels: far tighter than the unpaired intervals
+    assert ci.low > 0 and ci.half_width < 0.2 * mean_confidence_interval(a).half_width
+    # a task that either method could not score (NaN) is left out of both
+    a[3], b[7] = np.nan, np.nan
+    assert paired_confidence_interval(a, b).n == 38
+    with pytest.raises(ValueError, match="same tasks"):
+        paired_confidence_interval([0.5, 0.6], [0.5, 0.6, 0.7])
+    aucs = task_aucs([[0, 1, 1], [0, 0, 0]], [[0.1, 0.8, 0.6], [0.3, 0.6, 0.5]])
+    assert aucs[0] == 1.0 and np.isnan(aucs[1])  # one-class query set: NaN
 
 
 def test_map_and_frequency_groups():

@@ -110,6 +110,26 @@ def test_fit_adapt_predict_any_labels(lesions):
     assert p3.shape == (4, 3) and list(clf.classes_) == [0, 1, 2]
 
 
+def test_episode_scores_are_paired_across_estimators(lesions):
+    X, y = lesions
+    common = y < 4
+    a = ProtoNetClassifier(**FAST).fit(X[common], y[common])
+    b = ProtoNetClassifier(**{**FAST, "random_state": 1}).fit(X[common], y[common])
+    supports = {a: [], b: []}
+    for est in (a, b):  # record the support sets each estimator is adapted to
+        est._adapt = lambda Xs, ys, est=est, adapt=est._adapt: (
+            supports[est].append((Xs.sum().item(), ys.tolist())),
+            adapt(Xs, ys),
+        )
+    kw = dict(n_tasks=6, n_shot=3, random_state=2)
+    sa = a.episode_scores(X[~common], y[~common], **kw)
+    sb = b.episode_scores(X[~common], y[~common], **kw)
+    assert sa.shape == sb.shape == (6,) and not np.array_equal(sa, sb)
+    assert supports[a] == supports[b] and len(supports[a]) == 6  # the same tasks
+    ci = a.score_episodes(X[~common], y[~common], **kw)
+    assert np.isclose(ci.mean, sa.mean()) and ci.n == 6
+
+
 def test_lr_decay_and_validation_tasks(lesions):
     X, y = lesions
     clf = ProtoNetClassifier(**{**FAST, "lr_decay_step": 3, "iterations_per_epoch": 3})

@@ -87,6 +87,16 @@ def test_resnet_and_builder():
     assert net(torch.rand(2, 1, 28, 28)).shape == (2, 7)
 
 
+@pytest.mark.parametrize("norm", [None, "none"])
+def test_resnet_without_norm_keeps_convolution_biases(norm):
+    # a convolution followed by no normalisation needs its bias; both spellings
+    # of "no normalisation" must build the same network
+    net = ResNet(n_filters=4, n_classes=2, norm=norm)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert all(c.bias is not None for c in net.modules() if isinstance(c, torch.nn.Conv2d))
+    assert net(torch.rand(2, 3, 28, 28)).shape == (2, 2)
+
+
 @pytest.mark.parametrize("size", [28, (30, 20), 5, 1])
 def test_vgg_any_size_structure_and_decoder(size):
     net = build_backbone("vgg", in_channels=3, input_shape=size, n_classes=7, n_filters=4)

@@ -6,7 +6,9 @@ features + KNN / SVM, Prototypical Networks, MAML and DAML at k = 1, 3, 5; Table
 the difficulty exponent eta = 1, 3, 5, 7 against no difficulty term at k = 5. MAML
 and every DAML variant share the plain-MAML warm-up (``warm_start``), as in the
 paper's schedule; fine-tuning and the conv-feature baselines share one pre-trained
-backbone; ProtoNet is meta-trained for as many iterations as MAML.
+backbone; ProtoNet is meta-trained for as many iterations as MAML. Every method is
+scored on the same test tasks, so Table 1b (and a column of Table 2) gives each
+method minus MAML with a paired 95% CI over those tasks.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from fewmed.benchmarks._common import (
     output_dir,
     write_json,
 )
+from fewmed.metrics import mean_confidence_interval, paired_confidence_interval
 
 COMMON = ["nv", "mel", "bkl", "bcc"]
 RARE = ["akiec", "vasc", "df"]
@@ -34,7 +37,6 @@ PROFILES = {
         size=28,
         n_filters=32,
         iterations=360,
-        switch=180,
         inner_steps=3,
         augment=False,
         pretrain_epochs=4,
@@ -46,7 +48,6 @@ PROFILES = {
         size=84,
         n_filters=64,
         iterations=3000,
-        switch=1500,
         inner_steps=5,
         augment=True,
         pretrain_epochs=30,
@@ -63,6 +64,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--eta", type=float, default=5.0, help="DAML's eta in Table 1")
     parser.add_argument("--n-tasks", type=int, default=None, help="test tasks per cell")
     parser.add_argument("--iterations", type=int, default=None)
+    parser.add_argument(
+        "--difficulty-start",
+        type=int,
+        default=None,
+        help="meta-iteration at which DAML switches on the difficulty term "
+        "(default: half of --iterations, as in the paper: 1500 of 3000)",
+    )
     parser.add_argument("--filters", type=int, default=None)
 
 
@@ -85,7 +93,12 @@ def run(args) -> dict:
     size = args.size or prof["size"]
     n_tasks = args.n_tasks or prof["n_tasks"]
     iters = args.iterations or prof["iterations"]
-    switch = min(prof["switch"], iters // 2) if args.iterations else prof["switch"]
+    switch = iters // 2 if args.difficulty_start is None else args.difficulty_start
+    if not 0 < switch < iters:
+        raise ValueError(
+            f"--difficulty-start must be between 1 and --iterations - 1 ({iters - 1}), got "
+            f"{switch}: MAML and DAML share the plain-MAML iterations before it."
+        )
     filters = args.filters or prof["n_filters"]
     seed, verbose = args.seed, args.verbose
     t_start = time.perf_counter()
@@ -100,10 +113,18 @@ def run(args) -> dict:
     )
     timings: dict[str, float] = {}
     table1: dict[str, dict[int, dict]] = {}
+    task_scores: dict[str, dict[int, np.ndarray]] = {}  # per-task AUCs, for paired differences
     curves: dict[str, list] = {}
 
+    def episode_scores(name, k, est):
+        # every method is scored on the same tasks (same arguments), so they can be
+        # compared task by task
+        scores = est.episode_scores(Xr, yr, n_tasks=n_tasks, n_shot=k, random_state=seed)
+        task_scores.setdefault(name, {})[k] = scores
+        return mean_confidence_interval(scores)
+
     def record(name, k, est):
-        ci = est.score_episodes(Xr, yr, n_tasks=n_tasks, n_shot=k, random_state=seed)
+        ci = episode_scores(name, k, est)
         table1.setdefault(name, {})[k] = {"mean": ci.mean, "ci95": ci.half_width, "n": ci.n}
         if verbose:
             print(f"  {name:<18} k={k}: AUC {ci}", flush=True)
@@ -177,18 +198,21 @@ def run(args) -> dict:
             curves["MAML"] = [h["task_loss"] for h in maml.history_]
             for eta, est in damls.items():
                 curves[f"DAML eta={eta:g}"] = [h["task_loss"] for h in est.history_]
+                name = f"eta = {eta:g}"
                 if eta == args.eta and k_train in table1[f"DAML (eta={args.eta:g})"]:
                     row = dict(table1[f"DAML (eta={args.eta:g})"][k_train])
+                    task_scores[name] = {k_train: task_scores[f"DAML (eta={eta:g})"][k_train]}
                 else:
-                    ci = est.score_episodes(
-                        Xr, yr, n_tasks=n_tasks, n_shot=k_train, random_state=seed
-                    )
+                    ci = episode_scores(name, k_train, est)
                     row = {"mean": ci.mean, "ci95": ci.half_width}
                 row["effective_tasks"] = _effective_tasks(est)
-                table2[f"eta = {eta:g}"] = row
+                maml_scores = task_scores["MAML"][k_train]
+                row["vs_maml"] = _paired(task_scores[name][k_train], maml_scores)
+                table2[name] = row
             table2["no difficulty term (MAML)"] = {
                 **table1["MAML"][k_train],
                 "effective_tasks": _effective_tasks(maml),
+                "vs_maml": {"mean": 0.0, "ci95": 0.0},
             }
     timings["meta_training_and_test_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
@@ -199,16 +223,42 @@ def run(args) -> dict:
         for name, r in table1.items()
     ]
     tab1 = format_table(rows1, ["method"] + [f"k={k}" for k in shots])
+    vs_maml = {
+        name: {k: _paired(task_scores[name][k], task_scores["MAML"][k]) for k in shots}
+        for name in table1
+        if name != "MAML"
+    }
+    tab1b = format_table(
+        [[name] + [_signed(r[k]) for k in shots] for name, r in vs_maml.items()],
+        ["method"] + [f"k={k}" for k in shots],
+    )
     rows2 = [
-        [name, f"{100 * r['mean']:.1f} +- {100 * r['ci95']:.1f}", f"{r['effective_tasks']:.2f}"]
+        [
+            name,
+            f"{100 * r['mean']:.1f} +- {100 * r['ci95']:.1f}",
+            _signed(r["vs_maml"]) if name.startswith("eta") else "",
+            f"{r['effective_tasks']:.2f}",
+        ]
         for name, r in table2.items()
     ]
     tab2 = format_table(
-        rows2, ["setting", f"AUC (k={max(shots)})", "effective tasks / meta-batch (2nd half)"]
+        rows2,
+        [
+            "setting",
+            f"AUC (k={max(shots)})",
+            "minus MAML, paired",
+            "effective tasks / meta-batch (2nd half)",
+        ],
     )
     note = " [SYNTHETIC DATA]" if synthetic else ""
     print(f"\nTable 1: mean AUC (%) +- 95% CI over {n_tasks} 2-way tasks of the rare classes{note}")
     print(tab1)
+    print(
+        "\nTable 1b: each method minus MAML, AUC points, mean +- 95% CI of the per-task "
+        "differences (the same tasks for every method; an interval that excludes 0 is a "
+        "difference beyond the test tasks' noise, not beyond training-run noise)"
+    )
+    print(tab1b)
     print(f"\nTable 2: difficulty exponent{note}")
     print(tab2)
     print(f"\ntime: {timings['total_s']:.0f} s")
@@ -224,7 +274,12 @@ def run(args) -> dict:
         "n_tasks": n_tasks,
         "shots": shots,
         "table1": table1,
+        "table1_minus_maml": vs_maml,
         "table2": table2,
+        "task_aucs": {
+            name: {k: [float(v) for v in sc] for k, sc in r.items()}
+            for name, r in task_scores.items()
+        },
         "timings": timings,
         "curves": curves,
         "environment": environment(),
@@ -233,6 +288,15 @@ def run(args) -> dict:
     _plot(out / "daml.png", table1, table2, curves, shots, note)
     print(f"wrote {out / 'daml.json'} and {out / 'daml.png'}")
     return payload
+
+
+def _paired(a, b) -> dict:
+    ci = paired_confidence_interval(a, b)
+    return {"mean": ci.mean, "ci95": ci.half_width, "n": ci.n}
+
+
+def _signed(r: dict) -> str:
+    return f"{100 * r['mean']:+.1f} +- {100 * r['ci95']:.1f}"
 
 
 def _effective_tasks(est) -> float:

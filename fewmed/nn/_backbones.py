@@ -231,14 +231,15 @@ class Conv4(_Backbone):
 class _BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int, norm: str | None, trs: bool) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=norm is None)
+        bias = norm in (None, "none")  # a convolution without normalisation after it
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=bias)
         self.bn1 = _norm(norm, c_out, trs)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=norm is None)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=bias)
         self.bn2 = _norm(norm, c_out, trs)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=norm is None),
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=bias),
                 _norm(norm, c_out, trs),
             )
 
@@ -293,7 +294,7 @@ class ResNet(_Backbone):
         self.input_shape = (in_channels, h, w)
         trs = track_running_stats
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, n_filters, 3, padding=1, bias=norm is None),
+            nn.Conv2d(in_channels, n_filters, 3, padding=1, bias=norm in (None, "none")),
             _norm(norm, n_filters, trs),
             nn.ReLU(),
         )
