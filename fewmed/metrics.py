@@ -160,8 +160,6 @@ def episodic_auc(
     >>> round(ci.mean, 3)
     0.75
     """
-    if len(y_true_tasks) != len(y_score_tasks):
-        raise ValueError("y_true_tasks and y_score_tasks must have the same number of tasks.")
     return mean_confidence_interval(task_aucs(y_true_tasks, y_score_tasks), confidence)
 
 

@@ -198,16 +198,16 @@ def run(args) -> dict:
             curves["MAML"] = [h["task_loss"] for h in maml.history_]
             for eta, est in damls.items():
                 curves[f"DAML eta={eta:g}"] = [h["task_loss"] for h in est.history_]
-                name = f"eta = {eta:g}"
-                if eta == args.eta and k_train in table1[f"DAML (eta={args.eta:g})"]:
-                    row = dict(table1[f"DAML (eta={args.eta:g})"][k_train])
-                    task_scores[name] = {k_train: task_scores[f"DAML (eta={eta:g})"][k_train]}
+                name, in_table1 = f"eta = {eta:g}", f"DAML (eta={eta:g})"
+                if eta == args.eta and k_train in table1[in_table1]:  # scored for Table 1
+                    row = dict(table1[in_table1][k_train])
+                    scores = task_scores[in_table1][k_train]
                 else:
                     ci = episode_scores(name, k_train, est)
                     row = {"mean": ci.mean, "ci95": ci.half_width}
+                    scores = task_scores[name][k_train]
                 row["effective_tasks"] = _effective_tasks(est)
-                maml_scores = task_scores["MAML"][k_train]
-                row["vs_maml"] = _paired(task_scores[name][k_train], maml_scores)
+                row["vs_maml"] = _paired(scores, task_scores["MAML"][k_train])
                 table2[name] = row
             table2["no difficulty term (MAML)"] = {
                 **table1["MAML"][k_train],

@@ -109,8 +109,16 @@ class IndexMaxPool2d(nn.MaxPool2d):
         return super().forward(x)
 
 
+def _normalises(kind: str | None) -> bool:
+    """Whether ``norm=kind`` puts a normalisation after each convolution.
+
+    Without one a convolution needs its own bias; with one the bias is redundant.
+    """
+    return kind not in (None, "none")
+
+
 def _norm(kind: str | None, channels: int, track_running_stats: bool) -> nn.Module:
-    if kind in (None, "none"):
+    if not _normalises(kind):
         return nn.Identity()
     if kind == "batch":
         return nn.BatchNorm2d(channels, track_running_stats=track_running_stats)
@@ -231,7 +239,7 @@ class Conv4(_Backbone):
 class _BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int, norm: str | None, trs: bool) -> None:
         super().__init__()
-        bias = norm in (None, "none")  # a convolution without normalisation after it
+        bias = not _normalises(norm)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=bias)
         self.bn1 = _norm(norm, c_out, trs)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=bias)
@@ -294,7 +302,7 @@ class ResNet(_Backbone):
         self.input_shape = (in_channels, h, w)
         trs = track_running_stats
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, n_filters, 3, padding=1, bias=norm in (None, "none")),
+            nn.Conv2d(in_channels, n_filters, 3, padding=1, bias=not _normalises(norm)),
             _norm(norm, n_filters, trs),
             nn.ReLU(),
         )
@@ -369,7 +377,7 @@ class VGG(_Backbone):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
         h, w = _pair(input_shape)
         self.input_shape = (in_channels, h, w)
-        bias = norm in (None, "none")
+        bias = not _normalises(norm)
         layers: list[nn.Module] = []
         c = in_channels
         for i in range(n_blocks):
