@@ -110,7 +110,7 @@ def test_inner_loop_benchmark_smoke(capsys, tmp_path):
         "benchmark",
         "inner-loop",
         "--repeats",
-        "1",
+        "3",
         "--filters",
         "4",
         "--size",
@@ -127,7 +127,15 @@ def test_inner_loop_benchmark_smoke(capsys, tmp_path):
         # loop's (the thread count of the convolutions moves second-order gradients)
         key = "max_grad_diff_one_thread" if "threads" in name else "max_grad_diff"
         assert r[key] < 1e-4, name
-    assert "speed vs baseline" in capsys.readouterr().out
+        # the per-round speed-up: the baseline's time over this one's in each round
+        base = np.asarray(payload["times"]["higher loop (baseline)"])
+        per_round = base / np.asarray(payload["times"][name])
+        paired = r["paired_speedup"]
+        assert np.allclose(paired["per_round"], per_round) and len(per_round) == 3
+        assert np.isclose(paired["median"], np.median(per_round))
+        assert paired["q25"] <= paired["median"] <= paired["q75"]
+    out = capsys.readouterr().out
+    assert "speed vs baseline" in out and "per round (IQR)" in out
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,11 @@ Conv4-64, 28 px. The baseline is the straightforward per-task ``higher`` loop
 conv-BN-ReLU-pool order; every candidate is timed in the same run on the same
 tasks and must give the same meta-gradient (the maximum difference is printed,
 against the baseline and against the ``autograd`` loop run on one torch thread,
-which is what the ``threads`` backend computes).
+which is what the ``threads`` backend computes). Besides the ratio of the medians,
+it reports the speed-up within each round of the interleaved repetitions (the
+baseline's time over the candidate's, measured seconds apart): its median and
+interquartile range show how much of a difference is the machine's speed
+drifting between rounds.
 """
 
 from __future__ import annotations
@@ -120,14 +124,24 @@ def run(args) -> dict:
         for name, net, backend in candidates:
             times[name].append(once(net, backend)[0])
     ref = grads["higher loop (baseline)"]
-    base = float(np.median(times["higher loop (baseline)"]))
+    base_times = np.asarray(times["higher loop (baseline)"])
+    base = float(np.median(base_times))
     results = {}
     for name, _, _ in candidates:
         med = float(np.median(times[name]))
+        # a round times every implementation within seconds, so a round's ratio
+        # cancels most of the machine's drift between rounds
+        paired = base_times / np.asarray(times[name])
         results[name] = {
             "median_s": med,
             "min_s": float(np.min(times[name])),
             "speedup": base / med,
+            "paired_speedup": {
+                "median": float(np.median(paired)),
+                "q25": float(np.percentile(paired, 25)),
+                "q75": float(np.percentile(paired, 75)),
+                "per_round": paired.tolist(),
+            },
             "max_grad_diff": float((grads[name] - ref).abs().max()),
             "max_grad_diff_one_thread": float((grads[name] - one_thread).abs().max()),
         }
@@ -136,6 +150,8 @@ def run(args) -> dict:
             n,
             f"{r['median_s'] * 1000:.0f} ms",
             f"{r['speedup']:.2f}x",
+            f"{r['paired_speedup']['median']:.2f}x "
+            f"({r['paired_speedup']['q25']:.2f}-{r['paired_speedup']['q75']:.2f})",
             f"{r['max_grad_diff']:.1e}",
             f"{r['max_grad_diff_one_thread']:.1e}",
         ]
@@ -153,6 +169,7 @@ def run(args) -> dict:
                 "implementation",
                 "time",
                 "speed vs baseline",
+                "per round (IQR)",
                 "max |grad - baseline grad|",
                 "max |grad - 1-thread loop grad|",
             ],
