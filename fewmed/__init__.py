@@ -11,11 +11,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "DAMLClassifier": "fewmed.daml",
-    "ProtoNetClassifier": "fewmed.protonet",
-    "ReptileInitializer": "fewmed.reptile",
-    "CDCClassifier": "fewmed.cdc",
-    "RelationalSubsetsDistiller": "fewmed.rskd",
+    "DAMLClassifier": "fewmed.fewshot",
+    "ProtoNetClassifier": "fewmed.fewshot",
+    "ReptileInitializer": "fewmed.fewshot",
+    "FineTuneClassifier": "fewmed.fewshot",
+    "FeatureFewShotClassifier": "fewmed.fewshot",
+    "ConvFeatureExtractor": "fewmed.fewshot",
+    "CDCClassifier": "fewmed.longtail",
+    "RelationalSubsetsDistiller": "fewmed.longtail",
 }
 
 __all__ = ["__version__", *_LAZY]

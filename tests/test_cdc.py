@@ -253,7 +253,7 @@ def test_short_run_on_ham10000_beats_majority(ham28):
 
 # ---------------------------------------------------------------- speed / benchmark plumbing
 def test_channels_last_on_cpu_gives_the_same_predictions(toy, monkeypatch):
-    import fewmed.cdc as cdc_module
+    import fewmed.longtail._cdc as cdc_module
 
     X, y = toy
     fast = CDCClassifier(**SMALL).fit(X, y)

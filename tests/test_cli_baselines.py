@@ -9,7 +9,7 @@ from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.svm import LinearSVC
 
-from fewmed.baselines import ConvFeatureExtractor, FeatureFewShotClassifier, FineTuneClassifier
+from fewmed.fewshot._baselines import ConvFeatureExtractor, FeatureFewShotClassifier, FineTuneClassifier
 from fewmed.cli import main
 from fewmed.datasets import make_synthetic_lesions
 
@@ -177,7 +177,7 @@ def test_finetune_baseline_reproducible(lesions):
 
 
 def test_finetune_reuses_a_fitted_extractor(lesions, monkeypatch):
-    import fewmed.baselines as baselines
+    import fewmed.fewshot._baselines as baselines
 
     X, y = lesions
     common = y < 3

@@ -10,7 +10,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, cross_val_score
 
 from fewmed import DAMLClassifier
-from fewmed.daml import difficulty_aware_loss
+from fewmed.fewshot._daml import difficulty_aware_loss
 from fewmed.datasets import make_synthetic_lesions
 from fewmed.model_selection import LeaveClassesOut, TaskDistribution
 

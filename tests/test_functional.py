@@ -88,7 +88,7 @@ def test_conv4_meta_gradient_unchanged_by_the_fast_layers():
     weights with torch's ``max_pool2d``, ``F.batch_norm`` and the textbook
     support-statistics formula; both go through fewmed's own inner loop.
     """
-    from fewmed._inner_loop import meta_batch_losses
+    from fewmed.fewshot._inner_loop import meta_batch_losses
     from fewmed.benchmarks.inner_loop import _classic_order
 
     torch.manual_seed(0)

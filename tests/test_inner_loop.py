@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fewmed._inner_loop import meta_batch_losses
+from fewmed.fewshot._inner_loop import meta_batch_losses
 from fewmed.nn import Conv4
 
 

@@ -6,7 +6,7 @@ import torch
 from skorch.callbacks import Checkpoint, EarlyStopping
 
 from fewmed import DAMLClassifier, ReptileInitializer
-from fewmed._meta_net import TaskDataset, linear_anneal, step_decay
+from fewmed.fewshot._meta_net import TaskDataset, linear_anneal, step_decay
 from fewmed.datasets import make_synthetic_lesions
 
 FAST = dict(

@@ -12,10 +12,10 @@ from sklearn.model_selection import GridSearchCV
 from skorch import NeuralNetClassifier
 
 from fewmed import ReptileInitializer
-from fewmed import reptile as reptile_module
+import fewmed.fewshot._reptile as reptile_module
 from fewmed.datasets import load_medmnist, make_synthetic_lesions
 from fewmed.metrics import quadratic_weighted_kappa, qwk_scorer
-from fewmed.reptile import TransferNet, remove_batchnorm, reptile_update
+from fewmed.fewshot._reptile import TransferNet, remove_batchnorm, reptile_update
 
 FAST = dict(
     n_filters=8,

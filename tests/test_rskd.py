@@ -1,4 +1,4 @@
-"""Tests of RelationalSubsetsDistiller and its pieces (fewmed.rskd, fewmed._distill)."""
+"""Tests of RelationalSubsetsDistiller and its pieces (fewmed.longtail._rskd, fewmed.longtail._distillation)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from skorch.callbacks import Callback
 
 from fewmed import RelationalSubsetsDistiller
-from fewmed._distill import (
+from fewmed.longtail._distillation import (
     binary_log_probs,
     build_subsets,
     per_class_scores,
     relational_kd_loss,
     relational_weights,
 )
-from fewmed._subsets import ThreadSchedule, thread_plan
+from fewmed.longtail._teachers import ThreadSchedule, thread_plan
 from fewmed.metrics import group_mean_average_precision
 
 SMALL = dict(n_filters=8, max_epochs=2, batch_size=32, random_state=0)
@@ -284,7 +284,7 @@ def test_reproducible_pickle_and_clone(toy):
 
 
 def test_teachers_trained_once_per_fit(toy, monkeypatch):
-    import fewmed.rskd as rskd_module
+    import fewmed.longtail._rskd as rskd_module
 
     fits = []
     fit_teacher = rskd_module._fit_teacher

@@ -85,9 +85,9 @@ def _split(bunch):
 def run(args) -> dict:
     from sklearn.svm import LinearSVC
 
-    from fewmed.baselines import ConvFeatureExtractor, FeatureFewShotClassifier, FineTuneClassifier
-    from fewmed.daml import DAMLClassifier
-    from fewmed.protonet import ProtoNetClassifier
+    from fewmed.fewshot._baselines import ConvFeatureExtractor, FeatureFewShotClassifier, FineTuneClassifier
+    from fewmed.fewshot._daml import DAMLClassifier
+    from fewmed.fewshot._protonet import ProtoNetClassifier
 
     prof = dict(PROFILES["quick" if args.quick else "full"])
     size = args.size or prof["size"]

@@ -74,7 +74,7 @@ def _classic_order(model):
 
 
 def run(args) -> dict:
-    from fewmed._inner_loop import meta_batch_losses
+    from fewmed.fewshot._inner_loop import meta_batch_losses
     from fewmed._validation import resolve_device
     from fewmed.nn import Conv4
 

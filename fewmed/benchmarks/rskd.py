@@ -18,7 +18,7 @@ The teachers' wall time with ``n_jobs=2`` vs ``n_jobs=1`` is measured on the
 first fold's shot-based subsets and on a balanced workload (4 equal subsets),
 with warm loky workers (their one-off start is reported apart), best of two runs. With ``n_jobs=2``
 the head teacher gets the second core once the others are done
-(:func:`fewmed._subsets.thread_plan`), so the speed-up can pass the "one thread
+(:func:`fewmed.longtail._teachers.thread_plan`), so the speed-up can pass the "one thread
 per teacher" bound that the largest teacher sets.
 """
 
@@ -216,7 +216,7 @@ def _speedup(args, prof, X, y, seed, repeats: int = 2) -> dict:
     from joblib import Parallel, delayed
 
     from fewmed import RelationalSubsetsDistiller
-    from fewmed.rskd import _fit_teacher
+    from fewmed.longtail._rskd import _fit_teacher
 
     rng = np.random.default_rng(seed)
     tiny = dict(kd=None, n_filters=4, max_epochs=1, batch_size=16, verbose=0, classes=[0, 1])
@@ -267,7 +267,7 @@ def _speedup(args, prof, X, y, seed, repeats: int = 2) -> dict:
 
 
 def _subsets_of(est):
-    from fewmed._distill import build_subsets
+    from fewmed.longtail._distillation import build_subsets
 
     return build_subsets(
         est.subsets, est.classes_, est.data_info_["class_counts"], many=est.many, few=est.few
@@ -300,7 +300,7 @@ def synthetic_chest_images(Y: np.ndarray, size: int = 28, random_state: int = 0)
 def _chest(args, prof, path: Path, memory) -> dict:
     from sklearn.model_selection import GroupShuffleSplit
 
-    from fewmed._distill import build_subsets
+    from fewmed.longtail._distillation import build_subsets
     from fewmed.datasets import load_multilabel_csv
 
     bunch = load_multilabel_csv(path, load_images=False)

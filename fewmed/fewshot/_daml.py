@@ -17,9 +17,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from fewmed._inner_loop import BACKENDS, adapt, meta_batch_losses, predict_logits
-from fewmed._meta import META_CONSTRAINTS, FewShotMixin, MetaNetAttributes
-from fewmed._meta_net import IterationSchedule, MetaNet, fit_meta_net, step_decay
+from fewmed.fewshot._inner_loop import BACKENDS, adapt, meta_batch_losses, predict_logits
+from fewmed.fewshot._base import META_CONSTRAINTS, FewShotMixin, MetaNetAttributes
+from fewmed.fewshot._meta_net import IterationSchedule, MetaNet, fit_meta_net, step_decay
 from fewmed._validation import resolve_device
 
 __all__ = ["DAMLClassifier", "DAMLNet", "difficulty_aware_loss"]
@@ -82,7 +82,7 @@ _NET_PARAMS = (
 class DAMLNet(MetaNet):
     """The skorch net under :class:`DAMLClassifier`: one (difficulty-aware) MAML update per batch.
 
-    Each batch of a :class:`~fewmed._meta_net.TaskDataset` is a meta-batch of
+    Each batch of a :class:`~fewmed.fewshot._meta_net.TaskDataset` is a meta-batch of
     ``T`` tasks. ``train_step_single`` adapts every task with ``n_inner_steps``
     differentiable SGD steps, takes the query losses ``L_i`` and back-propagates
     ``mean(L_i)`` (MAML) or, from iteration ``difficulty_start`` on, Eq. 3 divided
@@ -249,7 +249,7 @@ class DAMLClassifier(MetaNetAttributes, FewShotMixin):
         Random scaling with crop, rotation and flips of every task image while
         meta-training (the paper's "heavy augmentation").
     backend : {"autograd", "func", "higher", "threads"}, default="autograd"
-        Inner-loop implementation (:mod:`fewmed._inner_loop`); all give the same
+        Inner-loop implementation (:mod:`fewmed.fewshot._inner_loop`); all give the same
         meta-gradient (tested). ``"autograd"`` (a per-task loop of
         ``torch.func.functional_call`` + ``torch.autograd.grad``) is the default;
         ``"func"`` vectorises the tasks with ``torch.func.vmap``; ``"higher"`` is
@@ -267,7 +267,7 @@ class DAMLClassifier(MetaNetAttributes, FewShotMixin):
     n_valid_tasks : int, default=50
         Fixed validation tasks drawn from ``fit``'s ``X_valid, y_valid``.
     callbacks : list of skorch callbacks or (name, callback) tuples, default=None
-        Added to the net's own (an :class:`~fewmed._meta_net.IterationSchedule`
+        Added to the net's own (an :class:`~fewmed.fewshot._meta_net.IterationSchedule`
         for ``lr_decay_step``, ``PrintLog`` and a ``ProgressBar`` when
         ``verbose``), e.g. ``EarlyStopping(load_best=True)`` with validation
         tasks, or ``Checkpoint``.

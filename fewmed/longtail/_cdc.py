@@ -24,9 +24,9 @@ import torch
 from skorch.utils import to_tensor
 from torch import nn
 
-from ._skorch import ImageNetClassifier, softmax
-from .losses import LOSSES, ReconstructionLoss, class_weights, make_classification_loss
-from .nn import build_backbone, make_decoder
+from fewmed._skorch import ImageNetClassifier, softmax
+from fewmed.losses import LOSSES, ReconstructionLoss, class_weights, make_classification_loss
+from fewmed.nn import build_backbone, make_decoder
 
 __all__ = ["CDCClassifier"]
 

@@ -26,7 +26,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer
 from sklearn.utils.validation import check_is_fitted
 
-from fewmed._meta import FewShotMixin
+from fewmed.fewshot._base import FewShotMixin
 from fewmed._validation import check_image_shape, check_images, check_random_state_torch
 from fewmed.nn import Augment
 
@@ -35,7 +35,7 @@ __all__ = ["ConvFeatureExtractor", "FeatureFewShotClassifier", "FineTuneClassifi
 
 def _pretrain(est, X: np.ndarray, y: np.ndarray):
     """Supervised pre-training on the common classes (plain CE, skorch underneath)."""
-    from fewmed.cdc import CDCClassifier
+    from fewmed.longtail._cdc import CDCClassifier
 
     net = CDCClassifier(
         est.module,

@@ -19,7 +19,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from fewmed._meta_net import TaskDataset
+from fewmed.fewshot._meta_net import TaskDataset
 from fewmed._skorch import make_augment
 from fewmed._validation import check_image_shape, check_images
 from fewmed.metrics import ConfidenceInterval, mean_confidence_interval, task_aucs

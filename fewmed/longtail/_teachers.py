@@ -1,7 +1,7 @@
 """The data side of relational-subsets knowledge distillation (RSKD).
 
-:class:`fewmed.rskd.RelationalSubsetsDistiller` trains one teacher per class
-subset (:func:`fewmed._distill.build_subsets`) and distils the student from them.
+:class:`fewmed.longtail._rskd.RelationalSubsetsDistiller` trains one teacher per class
+subset (:func:`fewmed.longtail._distillation.build_subsets`) and distils the student from them.
 This module holds the work around the subsets, as functions of arrays and of
 the fitted teachers (``fewmed/rskd.py`` keeps the estimator and its skorch hooks):
 
@@ -36,8 +36,8 @@ from sklearn.utils.multiclass import type_of_target
 from skorch.callbacks import Callback
 from skorch.utils import to_tensor
 
-from ._distill import binary_log_probs, per_class_scores, relational_weights
-from ._skorch import ArrayDataset
+from fewmed.longtail._distillation import binary_log_probs, per_class_scores, relational_weights
+from fewmed._skorch import ArrayDataset
 
 __all__ = [
     "EpochWeights",
@@ -186,7 +186,7 @@ def teacher_datasets(
     Parameters
     ----------
     subsets : mapping of str to ndarray
-        Subset name -> class indices (:func:`fewmed._distill.build_subsets`).
+        Subset name -> class indices (:func:`fewmed.longtail._distillation.build_subsets`).
     targets : ndarray of shape (n,) or (n, n_classes)
         Class codes or a ``{0, 1}`` indicator.
     multilabel : bool
@@ -491,11 +491,11 @@ def teacher_scores(
 class EpochWeights(Callback):
     """Records the epoch's KD weights and recomputes them (Eq. 3) after the epoch.
 
-    The ``"kd_weights"`` callback of :class:`fewmed.rskd.RelationalSubsetsDistiller`.
+    The ``"kd_weights"`` callback of :class:`fewmed.longtail._rskd.RelationalSubsetsDistiller`.
     At every ``on_epoch_end`` of a distilling fit it appends the weights used to
     ``kd_weights_history_``, scores the student per class on the validation
     hold-out (``student_scores_history_``) and, for ``kd="relational"``, sets
-    ``kd_weights_`` by :func:`fewmed._distill.relational_weights` (0 for classes
+    ``kd_weights_`` by :func:`fewmed.longtail._distillation.relational_weights` (0 for classes
     without a teacher); both go to the history (``kd_weights``,
     ``valid_class_scores``).
     """

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
 
-from .metrics import frequency_groups
+from fewmed.metrics import frequency_groups
 
 __all__ = [
     "binary_log_probs",

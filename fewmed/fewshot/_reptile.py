@@ -30,8 +30,8 @@ from skorch.callbacks import EarlyStopping, EpochScoring
 from skorch.helper import predefined_split
 from torch import nn
 
-from fewmed._meta import META_CONSTRAINTS, FewShotMixin
-from fewmed._meta_net import IterationSchedule, MetaNet, fit_meta_net, linear_anneal
+from fewmed.fewshot._base import META_CONSTRAINTS, FewShotMixin
+from fewmed.fewshot._meta_net import IterationSchedule, MetaNet, fit_meta_net, linear_anneal
 from fewmed._skorch import ArrayDataset, ImageNetClassifier, make_augment, stratified_split
 from fewmed._validation import resolve_device
 from fewmed.metrics import quadratic_weighted_kappa
@@ -229,7 +229,7 @@ def train_on_task(
 class ReptileNet(MetaNet):
     """The skorch net under :class:`ReptileInitializer`: one Reptile outer step per batch.
 
-    Each batch of a :class:`~fewmed._meta_net.TaskDataset` is a meta-batch of
+    Each batch of a :class:`~fewmed.fewshot._meta_net.TaskDataset` is a meta-batch of
     tasks. ``train_step_single`` trains a copy of the network on every task
     (``n_inner_steps`` Adam steps, :func:`train_on_task`) and sets each
     parameter's gradient to ``phi - mean_i(phi_i)``, so that the net's SGD

@@ -26,15 +26,15 @@ import torch
 from sklearn.utils import check_random_state
 from skorch.utils import to_tensor
 
-from ._distill import (  # the pieces that used to be imported here stay importable
+from fewmed.longtail._distillation import (  # the pieces that used to be imported here stay importable
     binary_log_probs,  # noqa: F401
     build_subsets,
     per_class_scores,  # noqa: F401
     relational_kd_loss,
     relational_weights,  # noqa: F401
 )
-from ._skorch import ArrayDataset, ImageNetClassifier, _collate_batch, sigmoid, softmax
-from ._subsets import (
+from fewmed._skorch import ArrayDataset, ImageNetClassifier, _collate_batch, sigmoid, softmax
+from fewmed.longtail._teachers import (
     EpochWeights,
     ThreadSchedule,
     balanced_loader,
@@ -48,8 +48,8 @@ from ._subsets import (
     teacher_scores,
     validation_split,
 )
-from .losses import class_weights, make_classification_loss
-from .nn import build_backbone
+from fewmed.losses import class_weights, make_classification_loss
+from fewmed.nn import build_backbone
 
 __all__ = ["RelationalSubsetsDistiller"]
 
@@ -59,8 +59,8 @@ _KD_OPTIONS = (None, "plain", "relational")
 def _fit_teacher(params: dict, X: np.ndarray, y: np.ndarray, plan=((0.0, 1),)):
     """Fit one teacher (a ``kd=None`` distiller), its torch threads following ``plan``.
 
-    ``plan`` is the teacher's :func:`fewmed._subsets.thread_plan` entry; a
-    :class:`fewmed._subsets.ThreadSchedule` callback applies it during ``fit`` and
+    ``plan`` is the teacher's :func:`fewmed.longtail._teachers.thread_plan` entry; a
+    :class:`fewmed.longtail._teachers.ThreadSchedule` callback applies it during ``fit`` and
     is removed from the fitted teacher.
     """
     previous = torch.get_num_threads()
@@ -108,7 +108,7 @@ class RelationalSubsetsDistiller(ImageNetClassifier):
     the two states ``{0, 1}`` of a class). Multi-class: ``KD_i`` distils the samples
     of class ``i``, the KL between the teacher's softmax over its subset's classes
     + "other" and the student's softmax grouped the same way (as in LFME, the
-    paper's ref. [13]); see :func:`fewmed._distill.relational_kd_loss`.
+    paper's ref. [13]); see :func:`fewmed.longtail._distillation.relational_kd_loss`.
 
     **Weights (Eq. 3).** ``w_i = 1`` while ``delta * Acc_T,i >= Acc_S,i``, else
     ``(Acc_T,i - Acc_S,i) / (Acc_T,i (1 - delta))`` clipped to ``[0, 1]``;

@@ -19,8 +19,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from fewmed._meta import META_CONSTRAINTS, FewShotMixin, MetaNetAttributes
-from fewmed._meta_net import IterationSchedule, MetaNet, fit_meta_net, step_decay
+from fewmed.fewshot._base import META_CONSTRAINTS, FewShotMixin, MetaNetAttributes
+from fewmed.fewshot._meta_net import IterationSchedule, MetaNet, fit_meta_net, step_decay
 from fewmed._validation import resolve_device
 
 __all__ = [
@@ -126,7 +126,7 @@ def prototypical_loss(
 class ProtoNet(MetaNet):
     """The skorch net under :class:`ProtoNetClassifier`: one prototypical-loss step per batch.
 
-    Each batch of a :class:`~fewmed._meta_net.TaskDataset` is a meta-batch of
+    Each batch of a :class:`~fewmed.fewshot._meta_net.TaskDataset` is a meta-batch of
     ``T`` tasks. ``train_step_single`` embeds the support and query images of all
     tasks in one forward pass (BatchNorm in training mode, normalising with the
     meta-batch's statistics and updating the running ones), computes every task's
@@ -216,7 +216,7 @@ class ProtoNetClassifier(MetaNetAttributes, FewShotMixin):
     n_valid_tasks : int, default=50
         Fixed validation tasks drawn from ``fit``'s ``X_valid, y_valid``.
     callbacks : list of skorch callbacks or (name, callback) tuples, default=None
-        Added to the net's own (an :class:`~fewmed._meta_net.IterationSchedule`
+        Added to the net's own (an :class:`~fewmed.fewshot._meta_net.IterationSchedule`
         for ``lr_decay_step``, ``PrintLog`` and a ``ProgressBar`` when ``verbose``).
     device : str, default="cpu"
         ``"cpu"``, ``"cuda"`` or ``"auto"``.
