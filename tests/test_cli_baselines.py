@@ -9,9 +9,13 @@ from sklearn.base import clone
 from sklearn.frozen import FrozenEstimator
 from sklearn.svm import LinearSVC
 
-from fewmed.fewshot._baselines import ConvFeatureExtractor, FeatureFewShotClassifier, FineTuneClassifier
 from fewmed.cli import main
 from fewmed.datasets import make_synthetic_lesions
+from fewmed.fewshot._baselines import (
+    ConvFeatureExtractor,
+    FeatureFewShotClassifier,
+    FineTuneClassifier,
+)
 
 
 def test_datasets_command(capsys, tmp_path):

@@ -10,8 +10,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, cross_val_score
 
 from fewmed import DAMLClassifier
-from fewmed.fewshot._daml import difficulty_aware_loss
 from fewmed.datasets import make_synthetic_lesions
+from fewmed.fewshot._daml import difficulty_aware_loss
 from fewmed.model_selection import LeaveClassesOut, TaskDistribution
 
 FAST = dict(

@@ -88,8 +88,8 @@ def test_conv4_meta_gradient_unchanged_by_the_fast_layers():
     weights with torch's ``max_pool2d``, ``F.batch_norm`` and the textbook
     support-statistics formula; both go through fewmed's own inner loop.
     """
-    from fewmed.fewshot._inner_loop import meta_batch_losses
     from fewmed.benchmarks.inner_loop import _classic_order
+    from fewmed.fewshot._inner_loop import meta_batch_losses
 
     torch.manual_seed(0)
     net = Conv4(3, 2, 8, 12, norm="reference").double()

@@ -6,8 +6,8 @@ import torch
 from skorch.callbacks import Checkpoint, EarlyStopping
 
 from fewmed import DAMLClassifier, ReptileInitializer
-from fewmed.fewshot._meta_net import TaskDataset, linear_anneal, step_decay
 from fewmed.datasets import make_synthetic_lesions
+from fewmed.fewshot._meta_net import TaskDataset, linear_anneal, step_decay
 
 FAST = dict(
     n_filters=8,

@@ -10,10 +10,10 @@ from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, cross_val_score
 
 from fewmed import ProtoNetClassifier
-from fewmed.fewshot._meta_net import TaskDataset
 from fewmed.datasets import make_synthetic_lesions
-from fewmed.model_selection import LeaveClassesOut, TaskDistribution
+from fewmed.fewshot._meta_net import TaskDataset
 from fewmed.fewshot._protonet import embed, prototypes, prototypical_loss, squared_distances
+from fewmed.model_selection import LeaveClassesOut, TaskDistribution
 
 FAST = dict(
     n_filters=8,

@@ -11,11 +11,11 @@ from sklearn.metrics import cohen_kappa_score
 from sklearn.model_selection import GridSearchCV
 from skorch import NeuralNetClassifier
 
-from fewmed import ReptileInitializer
 import fewmed.fewshot._reptile as reptile_module
+from fewmed import ReptileInitializer
 from fewmed.datasets import load_medmnist, make_synthetic_lesions
-from fewmed.metrics import quadratic_weighted_kappa, qwk_scorer
 from fewmed.fewshot._reptile import TransferNet, remove_batchnorm, reptile_update
+from fewmed.metrics import quadratic_weighted_kappa, qwk_scorer
 
 FAST = dict(
     n_filters=8,

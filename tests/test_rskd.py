@@ -1,4 +1,4 @@
-"""Tests of RelationalSubsetsDistiller and its pieces (fewmed.longtail._rskd, fewmed.longtail._distillation)."""
+"""Tests of RelationalSubsetsDistiller and its pieces (fewmed.longtail)."""
 
 from __future__ import annotations
 

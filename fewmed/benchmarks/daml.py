@@ -85,7 +85,11 @@ def _split(bunch):
 def run(args) -> dict:
     from sklearn.svm import LinearSVC
 
-    from fewmed.fewshot._baselines import ConvFeatureExtractor, FeatureFewShotClassifier, FineTuneClassifier
+    from fewmed.fewshot._baselines import (
+        ConvFeatureExtractor,
+        FeatureFewShotClassifier,
+        FineTuneClassifier,
+    )
     from fewmed.fewshot._daml import DAMLClassifier
     from fewmed.fewshot._protonet import ProtoNetClassifier
 

@@ -74,8 +74,8 @@ def _classic_order(model):
 
 
 def run(args) -> dict:
-    from fewmed.fewshot._inner_loop import meta_batch_losses
     from fewmed._validation import resolve_device
+    from fewmed.fewshot._inner_loop import meta_batch_losses
     from fewmed.nn import Conv4
 
     device = resolve_device(args.device)

@@ -300,8 +300,8 @@ def synthetic_chest_images(Y: np.ndarray, size: int = 28, random_state: int = 0)
 def _chest(args, prof, path: Path, memory) -> dict:
     from sklearn.model_selection import GroupShuffleSplit
 
-    from fewmed.longtail._distillation import build_subsets
     from fewmed.datasets import load_multilabel_csv
+    from fewmed.longtail._distillation import build_subsets
 
     bunch = load_multilabel_csv(path, load_images=False)
     Y_all, names = np.asarray(bunch["target"]), np.asarray(bunch["target_names"])

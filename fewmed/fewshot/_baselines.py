@@ -26,8 +26,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer
 from sklearn.utils.validation import check_is_fitted
 
-from fewmed.fewshot._base import FewShotMixin
 from fewmed._validation import check_image_shape, check_images, check_random_state_torch
+from fewmed.fewshot._base import FewShotMixin
 from fewmed.nn import Augment
 
 __all__ = ["ConvFeatureExtractor", "FeatureFewShotClassifier", "FineTuneClassifier"]

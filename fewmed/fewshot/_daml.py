@@ -17,10 +17,10 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from fewmed.fewshot._inner_loop import BACKENDS, adapt, meta_batch_losses, predict_logits
-from fewmed.fewshot._base import META_CONSTRAINTS, FewShotMixin, MetaNetAttributes
-from fewmed.fewshot._meta_net import IterationSchedule, MetaNet, fit_meta_net, step_decay
 from fewmed._validation import resolve_device
+from fewmed.fewshot._base import META_CONSTRAINTS, FewShotMixin, MetaNetAttributes
+from fewmed.fewshot._inner_loop import BACKENDS, adapt, meta_batch_losses, predict_logits
+from fewmed.fewshot._meta_net import IterationSchedule, MetaNet, fit_meta_net, step_decay
 
 __all__ = ["DAMLClassifier", "DAMLNet", "difficulty_aware_loss"]
 

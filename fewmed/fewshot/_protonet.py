@@ -19,9 +19,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
+from fewmed._validation import resolve_device
 from fewmed.fewshot._base import META_CONSTRAINTS, FewShotMixin, MetaNetAttributes
 from fewmed.fewshot._meta_net import IterationSchedule, MetaNet, fit_meta_net, step_decay
-from fewmed._validation import resolve_device
 
 __all__ = [
     "ProtoNetClassifier",

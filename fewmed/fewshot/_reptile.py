@@ -30,10 +30,10 @@ from skorch.callbacks import EarlyStopping, EpochScoring
 from skorch.helper import predefined_split
 from torch import nn
 
-from fewmed.fewshot._base import META_CONSTRAINTS, FewShotMixin
-from fewmed.fewshot._meta_net import IterationSchedule, MetaNet, fit_meta_net, linear_anneal
 from fewmed._skorch import ArrayDataset, ImageNetClassifier, make_augment, stratified_split
 from fewmed._validation import resolve_device
+from fewmed.fewshot._base import META_CONSTRAINTS, FewShotMixin
+from fewmed.fewshot._meta_net import IterationSchedule, MetaNet, fit_meta_net, linear_anneal
 from fewmed.metrics import quadratic_weighted_kappa
 from fewmed.nn import ReferenceBatchNorm2d
 

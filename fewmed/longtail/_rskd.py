@@ -26,14 +26,8 @@ import torch
 from sklearn.utils import check_random_state
 from skorch.utils import to_tensor
 
-from fewmed.longtail._distillation import (  # the pieces that used to be imported here stay importable
-    binary_log_probs,  # noqa: F401
-    build_subsets,
-    per_class_scores,  # noqa: F401
-    relational_kd_loss,
-    relational_weights,  # noqa: F401
-)
 from fewmed._skorch import ArrayDataset, ImageNetClassifier, _collate_batch, sigmoid, softmax
+from fewmed.longtail._distillation import build_subsets, relational_kd_loss
 from fewmed.longtail._teachers import (
     EpochWeights,
     ThreadSchedule,

@@ -36,8 +36,8 @@ from sklearn.utils.multiclass import type_of_target
 from skorch.callbacks import Callback
 from skorch.utils import to_tensor
 
-from fewmed.longtail._distillation import binary_log_probs, per_class_scores, relational_weights
 from fewmed._skorch import ArrayDataset
+from fewmed.longtail._distillation import binary_log_probs, per_class_scores, relational_weights
 
 __all__ = [
     "EpochWeights",
