@@ -29,7 +29,7 @@ Defaults that differ from skorch's, on purpose:
 
 * ``train_split=None``: skorch's default holds out 20% of the data, which takes
   a fifth of a 100-image rare class away without telling anyone. Pass
-  ``train_split=stratified_split(0.1)`` for an explicit, stratified hold-out;
+  ``train_split=fewmed.model_selection.stratified_split(0.1)`` for an explicit, stratified hold-out;
 * ``predict_nonlinearity=softmax``: skorch's ``"auto"`` only recognises CE/BCE
   criteria and would return logits from ``predict_proba`` for a focal loss;
 * ``optimizer=torch.optim.Adam``, ``lr=1e-3``, ``verbose=0`` (no printed log).
@@ -47,136 +47,15 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import type_of_target
 from skorch import NeuralNetClassifier
 from skorch.callbacks import EpochScoring, EpochTimer, PassthroughScoring, PrintLog
-from skorch.dataset import ValidSplit, unpack_data
+from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 from torch import nn
 
+from ._dataset import ArrayDataset, collate_batch, is_array_dataset, softmax
 from ._validation import check_images, resolve_device
-from .nn import Augment
+from .nn import make_augment
 
-__all__ = [
-    "ArrayDataset",
-    "ImageNetClassifier",
-    "softmax",
-    "sigmoid",
-    "stratified_split",
-    "make_augment",
-]
-
-
-def softmax(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over the class axis: the ``predict_nonlinearity`` of CE / focal models.
-
-    Examples
-    --------
-    >>> import torch
-    >>> softmax(torch.zeros(1, 2))
-    tensor([[0.5000, 0.5000]])
-    """
-    return torch.softmax(logits, dim=1)
-
-
-def sigmoid(logits: torch.Tensor) -> torch.Tensor:
-    """Element-wise sigmoid: the ``predict_nonlinearity`` of multi-label models.
-
-    Examples
-    --------
-    >>> import torch
-    >>> sigmoid(torch.zeros(1, 2))
-    tensor([[0.5000, 0.5000]])
-    """
-    return torch.sigmoid(logits)
-
-
-def stratified_split(fraction: float = 0.1, random_state: int | None = 0) -> ValidSplit:
-    """An explicit, stratified validation hold-out for ``train_split``.
-
-    Parameters
-    ----------
-    fraction : float, default=0.1
-        Share of every class held out for validation (``valid_loss``,
-        ``valid_acc`` and ``valid_f1`` in the history).
-    random_state : int or None, default=0
-
-    Returns
-    -------
-    skorch.dataset.ValidSplit
-
-    Examples
-    --------
-    >>> stratified_split(0.2).stratified
-    True
-    """
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction}.")
-    return ValidSplit(fraction, stratified=True, random_state=random_state)
-
-
-def make_augment(augment: Any) -> Augment | None:
-    """Turn an ``augment`` parameter into an :class:`~fewmed.nn.Augment` (or ``None``).
-
-    ``False``/``None`` → no augmentation, ``True`` → ``Augment()`` defaults, a dict →
-    ``Augment(**dict)``, an ``Augment`` (or any callable ``f(x, generator=)``) as is.
-
-    Examples
-    --------
-    >>> make_augment(True)
-    Augment(scale=(1.0, 1.25), rotation=30.0, hflip=True, vflip=True, translate=True)
-    """
-    if augment is None or augment is False:
-        return None
-    if augment is True:
-        return Augment()
-    if isinstance(augment, dict):
-        return Augment(**augment)
-    if callable(augment):
-        return augment
-    raise ValueError(
-        f"augment must be a bool, a dict of Augment parameters or an Augment; got {augment!r}."
-    )
-
-
-class ArrayDataset(torch.utils.data.Dataset):
-    """Images (float ``(n, C, H, W)``) and optional label codes, fetched a batch at a time.
-
-    ``__getitems__`` lets the ``DataLoader`` slice a whole batch at once instead
-    of collating ``batch_size`` single images (several times faster on a CPU).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> ds = ArrayDataset(np.zeros((4, 1, 2, 2), dtype=np.float32), np.arange(4))
-    >>> len(ds), ds[1][1]
-    (4, tensor(1))
-    """
-
-    def __init__(self, X: np.ndarray, y: np.ndarray | None = None) -> None:
-        self.X = torch.from_numpy(np.ascontiguousarray(X))
-        self.y = None if y is None else torch.from_numpy(np.asarray(y, dtype=np.int64))
-
-    def __len__(self) -> int:
-        return len(self.X)
-
-    def __getitem__(self, i):
-        return self.X[i], (self.y[i] if self.y is not None else torch.zeros(()))
-
-    def __getitems__(self, indices):
-        idx = torch.as_tensor(indices)
-        y = self.y[idx] if self.y is not None else torch.zeros(len(idx))
-        return [(self.X[idx], y)]
-
-
-def _collate_batch(batch):
-    # ArrayDataset.__getitems__ already returns one stacked batch
-    if len(batch) == 1 and isinstance(batch[0], tuple) and batch[0][0].ndim == 4:
-        return batch[0]
-    return torch.utils.data.default_collate(batch)
-
-
-def _is_array_dataset(ds: Any) -> bool:
-    while isinstance(ds, torch.utils.data.Subset):
-        ds = ds.dataset
-    return isinstance(ds, ArrayDataset)
+__all__ = ["ImageNetClassifier"]
 
 
 def _encoded_scores(net: ImageNetClassifier, X: Any, y: Any) -> float:
@@ -221,7 +100,7 @@ class ImageNetClassifier(NeuralNetClassifier):
     batch_size : int, default=64
     train_split : callable or None, default=None
         ``None`` trains on all the data (no silent hold-out); see
-        :func:`stratified_split`.
+        :func:`fewmed.model_selection.stratified_split`.
     predict_nonlinearity : callable, default=softmax
     augment : bool, dict or Augment, default=False
     random_state : int, RandomState or None, default=None
@@ -560,16 +439,16 @@ class ImageNetClassifier(NeuralNetClassifier):
                 if kwargs["batch_size"] == -1:
                     kwargs["batch_size"] = len(dataset)
                 kwargs["generator"] = gen
-                if _is_array_dataset(dataset):
-                    kwargs.setdefault("collate_fn", _collate_batch)
+                if is_array_dataset(dataset):
+                    kwargs.setdefault("collate_fn", collate_batch)
                 return self.iterator_train(dataset, **kwargs)
         prefix = "iterator_train" if training else "iterator_valid"
-        if _is_array_dataset(dataset) and f"{prefix}__collate_fn" not in self.__dict__:
+        if is_array_dataset(dataset) and f"{prefix}__collate_fn" not in self.__dict__:
             kwargs = self.get_params_for(prefix)
             kwargs.setdefault("batch_size", self.batch_size)
             if kwargs["batch_size"] == -1:
                 kwargs["batch_size"] = len(dataset)
-            kwargs["collate_fn"] = _collate_batch
+            kwargs["collate_fn"] = collate_batch
             # a private generator: the DataLoader draws a worker seed from torch's
             # global RNG otherwise, and predicting must not move the user's RNG
             kwargs.setdefault("generator", torch.Generator())

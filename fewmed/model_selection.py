@@ -12,11 +12,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 from sklearn.model_selection._split import BaseCrossValidator
 from sklearn.utils import check_random_state
+
+if TYPE_CHECKING:
+    from skorch.dataset import ValidSplit
 
 __all__ = [
     "Episode",
@@ -25,6 +29,7 @@ __all__ = [
     "TaskDistribution",
     "check_group_leak",
     "grouped_train_test_split",
+    "stratified_split",
 ]
 
 
@@ -377,3 +382,29 @@ class TaskDistribution:
             f"TaskDistribution(n_samples={len(self)}, n_way={self.n_way}, "
             f"n_shot={self.n_shot}, n_query={self.n_query})"
         )
+
+
+def stratified_split(fraction: float = 0.1, random_state: int | None = 0) -> ValidSplit:
+    """An explicit, stratified validation hold-out for a skorch ``train_split``.
+
+    Parameters
+    ----------
+    fraction : float, default=0.1
+        Share of every class held out for validation (``valid_loss``,
+        ``valid_acc`` and ``valid_f1`` in the history).
+    random_state : int or None, default=0
+
+    Returns
+    -------
+    skorch.dataset.ValidSplit
+
+    Examples
+    --------
+    >>> stratified_split(0.2).stratified
+    True
+    """
+    from skorch.dataset import ValidSplit
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}.")
+    return ValidSplit(fraction, stratified=True, random_state=random_state)

@@ -52,3 +52,49 @@ def retina_npz() -> Path:
 @pytest.fixture(scope="module")
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def colour_classes(
+    sizes: dict,
+    *,
+    size: int = 16,
+    spread: float = 0.05,
+    step: float = 0.25,
+    start: float = 0.25,
+    seed: int = 0,
+):
+    """Images whose classes differ by brightness: class ``k`` has mean ``start + step * k``.
+
+    ``sizes`` maps each (string) label to its number of images; uint8 ``(n, size, size, 3)``.
+    """
+    rng = np.random.default_rng(seed)
+    X, y = [], []
+    for k, (name, count) in enumerate(sizes.items()):
+        img = rng.normal(start + step * k, spread, size=(count, size, size, 3))
+        X.append(np.clip(img * 255, 0, 255).astype(np.uint8))
+        y += [name] * count
+    return np.concatenate(X), np.array(y)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """Three colour classes, imbalanced (40 / 16 / 8), 16 px, string labels."""
+    return colour_classes({"nv": 40, "mel": 16, "df": 8})
+
+
+@pytest.fixture(scope="module")
+def toy_long_tail():
+    """Four colour classes, long-tailed (120 / 40 / 30 / 12), 16 px, string labels."""
+    return colour_classes(
+        {"nv": 120, "mel": 40, "bkl": 30, "df": 12}, spread=0.08, step=0.2, start=0.2
+    )
+
+
+@pytest.fixture(scope="module")
+def lesions():
+    """Six synthetic lesion classes x 20 images, 16 px, sorted by class (rows 20c .. 20c+19)."""
+    from fewmed.datasets import make_synthetic_lesions
+
+    d = make_synthetic_lesions(n_classes=6, n_per_class=20, size=16, random_state=0)
+    order = np.argsort(d.target, kind="stable")
+    return d.images[order], d.target[order]

@@ -20,8 +20,8 @@ from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from fewmed import CDCClassifier
-from fewmed._skorch import stratified_split
 from fewmed.metrics import macro_f1
+from fewmed.model_selection import stratified_split
 
 SMALL = dict(n_filters=4, max_epochs=2, batch_size=16, random_state=0)
 

@@ -258,7 +258,7 @@ def test_baselines(toy):
     rs = RelationalSubsetsDistiller(kd=None, sampler="balanced", **SMALL)
     rs.fit(X, y)
     rs._sample_weights_ = rs._sampling_weights(np.searchsorted(rs.classes_, y))
-    from fewmed._skorch import ArrayDataset
+    from fewmed._dataset import ArrayDataset
 
     loader = rs.get_iterator(
         ArrayDataset(X[:, None, :1, :1, 0].astype(np.float32), np.arange(len(y))), training=True

@@ -19,12 +19,11 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from fewmed._skorch import make_augment
 from fewmed._validation import check_image_shape, check_images
 from fewmed.fewshot._meta_net import TaskDataset
 from fewmed.metrics import ConfidenceInterval, mean_confidence_interval, task_aucs
 from fewmed.model_selection import EpisodeSampler, TaskDistribution
-from fewmed.nn import build_backbone
+from fewmed.nn import build_backbone, make_augment
 
 __all__ = ["META_CONSTRAINTS", "FewShotMixin", "MetaNetAttributes"]
 

@@ -146,8 +146,7 @@ def _autograd_task(model, params, xs, ys, xq, yq, lr, steps, first_order):
 def _losses_autograd(model, params, XS, YS, XQ, YQ, lr, steps, first_order):
     """Per-task loop with ``torch.autograd.grad(create_graph=True)``: the reference."""
     out = [
-        _autograd_task(model, params, *task, lr, steps, first_order)
-        for task in zip(XS, YS, XQ, YQ)
+        _autograd_task(model, params, *task, lr, steps, first_order) for task in zip(XS, YS, XQ, YQ)
     ]
     return torch.stack([loss for loss, _ in out]), torch.stack([acc for _, acc in out])
 

@@ -30,12 +30,14 @@ from skorch.callbacks import EarlyStopping, EpochScoring
 from skorch.helper import predefined_split
 from torch import nn
 
-from fewmed._skorch import ArrayDataset, ImageNetClassifier, make_augment, stratified_split
+from fewmed._dataset import ArrayDataset
+from fewmed._skorch import ImageNetClassifier
 from fewmed._validation import resolve_device
 from fewmed.fewshot._base import META_CONSTRAINTS, FewShotMixin
 from fewmed.fewshot._meta_net import IterationSchedule, MetaNet, fit_meta_net, linear_anneal
 from fewmed.metrics import quadratic_weighted_kappa
-from fewmed.nn import ReferenceBatchNorm2d
+from fewmed.model_selection import stratified_split
+from fewmed.nn import ReferenceBatchNorm2d, make_augment
 
 __all__ = ["ReptileInitializer", "reptile_update", "remove_batchnorm"]
 

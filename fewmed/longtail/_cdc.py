@@ -24,7 +24,8 @@ import torch
 from skorch.utils import to_tensor
 from torch import nn
 
-from fewmed._skorch import ImageNetClassifier, softmax
+from fewmed._dataset import softmax
+from fewmed._skorch import ImageNetClassifier
 from fewmed.losses import LOSSES, ReconstructionLoss, class_weights, make_classification_loss
 from fewmed.nn import build_backbone, make_decoder
 
@@ -117,7 +118,7 @@ None, default="balanced"
     batch_size : int, default=64
     train_split : callable or None, default=None
         No hold-out by default (skorch's default would take 20% of every class);
-        pass ``fewmed._skorch.stratified_split(0.1)`` to monitor ``valid_loss``,
+        pass ``fewmed.model_selection.stratified_split(0.1)`` to monitor ``valid_loss``,
         ``valid_acc`` and ``valid_f1``.
     random_state : int, RandomState or None, default=None
         Seeds the initialisation, the shuffling and the augmentation (without

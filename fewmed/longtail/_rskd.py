@@ -26,7 +26,8 @@ import torch
 from sklearn.utils import check_random_state
 from skorch.utils import to_tensor
 
-from fewmed._skorch import ArrayDataset, ImageNetClassifier, _collate_batch, sigmoid, softmax
+from fewmed._dataset import ArrayDataset, collate_batch, sigmoid, softmax
+from fewmed._skorch import ImageNetClassifier
 from fewmed.longtail._distillation import build_subsets, relational_kd_loss
 from fewmed.longtail._teachers import (
     EpochWeights,
@@ -522,7 +523,7 @@ default=None
             return super().get_iterator(dataset, training=training)
         super().get_iterator(dataset, training=True)  # seeds the augmentation
         return balanced_loader(
-            dataset, weights, self.batch_size, self.seeds_["loader"], _collate_batch
+            dataset, weights, self.batch_size, self.seeds_["loader"], collate_batch
         )
 
     # ------------------------------------------------------------------ loss

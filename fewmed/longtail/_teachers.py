@@ -36,7 +36,7 @@ from sklearn.utils.multiclass import type_of_target
 from skorch.callbacks import Callback
 from skorch.utils import to_tensor
 
-from fewmed._skorch import ArrayDataset
+from fewmed._dataset import ArrayDataset
 from fewmed.longtail._distillation import binary_log_probs, per_class_scores, relational_weights
 
 __all__ = [

@@ -1,6 +1,6 @@
 """Backbones, decoders and tensor augmentations shared by the estimators."""
 
-from ._augment import Augment, augment
+from ._augment import Augment, augment, make_augment
 from ._backbones import (
     BACKBONES,
     VGG,
@@ -17,6 +17,7 @@ from ._functional import batch_norm_train, max_pool2d_gather
 __all__ = [
     "Augment",
     "augment",
+    "make_augment",
     "BACKBONES",
     "Conv4",
     "Decoder",

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Augment", "augment"]
+__all__ = ["Augment", "augment", "make_augment"]
 
 
 class Augment:
@@ -113,3 +114,27 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None, **params)
     torch.Size([2, 1, 28, 28])
     """
     return Augment(**params)(x, generator=generator)
+
+
+def make_augment(augment: Any) -> Augment | None:
+    """Turn an ``augment`` parameter into an :class:`Augment` (or ``None``).
+
+    ``False``/``None`` → no augmentation, ``True`` → ``Augment()`` defaults, a dict →
+    ``Augment(**dict)``, an ``Augment`` (or any callable ``f(x, generator=)``) as is.
+
+    Examples
+    --------
+    >>> make_augment(True)
+    Augment(scale=(1.0, 1.25), rotation=30.0, hflip=True, vflip=True, translate=True)
+    """
+    if augment is None or augment is False:
+        return None
+    if augment is True:
+        return Augment()
+    if isinstance(augment, dict):
+        return Augment(**augment)
+    if callable(augment):
+        return augment
+    raise ValueError(
+        f"augment must be a bool, a dict of Augment parameters or an Augment; got {augment!r}."
+    )
