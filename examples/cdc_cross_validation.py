@@ -21,10 +21,10 @@ from skorch.callbacks import LRScheduler
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from fewmed import CDCClassifier
-from fewmed.benchmarks._common import load_ham_or_synthetic
+from fewmed.datasets import load_ham10000_or_synthetic
 
 torch.set_num_threads(2)
-bunch, synthetic = load_ham_or_synthetic(sys.argv[1] if len(sys.argv) > 1 else None, size=28)
+bunch, synthetic = load_ham10000_or_synthetic(sys.argv[1] if len(sys.argv) > 1 else None, size=28)
 X, y, groups = bunch.images, bunch.target, bunch.get("groups")
 if groups is None:  # synthetic lesions: one image per lesion
     groups = np.arange(len(y))

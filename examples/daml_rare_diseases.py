@@ -15,10 +15,10 @@ import numpy as np
 from sklearn.model_selection import GridSearchCV
 
 from fewmed import DAMLClassifier
-from fewmed.benchmarks._common import load_ham_or_synthetic
+from fewmed.datasets import load_ham10000_or_synthetic
 from fewmed.model_selection import EpisodeSampler, LeaveClassesOut
 
-data, synthetic = load_ham_or_synthetic(sys.argv[1] if len(sys.argv) > 1 else None, size=28)
+data, synthetic = load_ham10000_or_synthetic(sys.argv[1] if len(sys.argv) > 1 else None, size=28)
 names = np.asarray(data.target_names)[data.target]
 common = np.isin(names, ["nv", "mel", "bkl", "bcc"])
 X_common, y_common = data.images[common], names[common]

@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from fewmed import RelationalSubsetsDistiller
-from fewmed.benchmarks._common import load_ham_or_synthetic
+from fewmed.datasets import load_ham10000_or_synthetic
 from fewmed.metrics import group_mean_average_precision
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -26,7 +26,7 @@ parser.add_argument("--epochs", type=int, default=5)
 args = parser.parse_args()
 
 # %% data: HAM10000 at 28 px (or synthetic lesions), split by lesion
-bunch, synthetic = load_ham_or_synthetic(args.data, size=28)
+bunch, synthetic = load_ham10000_or_synthetic(args.data, size=28)
 X, y, groups = bunch["images"], bunch["target"], bunch["groups"]
 names = np.asarray(bunch["target_names"])
 train, test = next(StratifiedGroupKFold(4, shuffle=True, random_state=0).split(X, y, groups))

@@ -5,8 +5,10 @@ defaults and hooks fewmed's imbalance learners (``CDCClassifier``,
 ``RelationalSubsetsDistiller``) need. It never overrides ``fit``, ``fit_loop`` or
 ``run_single_epoch``; everything happens in skorch's hooks:
 
-* ``check_data`` validates ``X`` (:func:`fewmed._validation.check_images`) and
-  ``y`` (any label values, at least two classes, matching length), records
+* ``check_data`` validates ``X`` (:func:`fewmed._validation.check_raw_input`,
+  :func:`~fewmed._validation.check_images`) and ``y``
+  (:func:`~fewmed._validation.check_labels`: any label values, at least two
+  classes, matching length), records
   ``classes_``, ``n_features_in_``, ``input_shape_`` and the class counts, and
   (re)builds the modules, criteria and optimizer when the data's shape calls for it;
 * ``on_train_begin`` (the net's own hook, which skorch calls before the
@@ -37,14 +39,12 @@ Defaults that differ from skorch's, on purpose:
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.exceptions import DataConversionWarning, NotFittedError
+from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import type_of_target
 from skorch import NeuralNetClassifier
 from skorch.callbacks import EpochScoring, EpochTimer, PassthroughScoring, PrintLog
 from skorch.dataset import unpack_data
@@ -52,7 +52,7 @@ from skorch.utils import to_tensor
 from torch import nn
 
 from ._dataset import ArrayDataset, collate_batch, is_array_dataset, softmax
-from ._validation import check_images, resolve_device
+from ._validation import check_images, check_labels, check_raw_input, resolve_device
 from .nn import make_augment
 
 __all__ = ["ImageNetClassifier"]
@@ -230,69 +230,6 @@ class ImageNetClassifier(NeuralNetClassifier):
         return (tuple(info["input_shape"]), int(info["n_classes"]), bool(info["in_unit_range"]))
 
     # ------------------------------------------------------------------ data hooks
-    def _validate_y(self, y: Any, n: int) -> np.ndarray:
-        if y is None:
-            raise ValueError(f"{type(self).__name__} needs labels y; got y=None.")
-        y = np.asarray(y)
-        if y.ndim == 2 and y.shape[1] == 1:
-            warnings.warn(
-                "A column-vector y was passed when a 1d array was expected; it was raveled.",
-                DataConversionWarning,
-                stacklevel=3,
-            )
-            y = y.ravel()
-        if y.ndim != 1:
-            raise ValueError(
-                f"y must be 1-D class labels of shape (n_samples,); got shape {y.shape}."
-            )
-        if len(y) != n:
-            raise ValueError(f"X has {n} samples but y has {len(y)}: they must match.")
-        if y.dtype.kind == "f" and not np.isfinite(y).all():
-            raise ValueError("y contains NaN or infinity.")
-        kind = type_of_target(y)
-        if kind == "continuous":
-            raise ValueError(
-                f"Unknown label type: y looks continuous ({kind}); a classifier needs class "
-                "labels (ints or strings)."
-            )
-        classes = np.unique(y)
-        if len(classes) < 2:
-            raise ValueError(
-                f"y has a single class ({classes[0]!r}); a classifier needs at least 2 classes."
-            )
-        return y
-
-    def _prevalidate(self, X: Any, y: Any, fitting: bool = True) -> None:
-        """Cheap checks on raw input, before skorch's callbacks touch it."""
-        import scipy.sparse as sp
-
-        if sp.issparse(X):
-            raise TypeError(
-                f"{type(self).__name__} does not support sparse input: pass a dense image array."
-            )
-        if y is None:
-            raise ValueError(
-                f"{type(self).__name__} requires y to be passed, but the target y is None."
-            )
-        shape = tuple(X.shape) if isinstance(X, torch.Tensor) else None
-        if shape is None:
-            arr = np.asarray(X)
-            shape = arr.shape
-            if arr.dtype.kind == "c":
-                raise ValueError("Complex data not supported: X must hold real-valued images.")
-        if len(shape) == 1:
-            raise ValueError(
-                "X is 1-D: Reshape your data with X.reshape(-1, 1) for one feature or "
-                "X[None] for a single image."
-            )
-        if len(shape) == 2 and shape[1] == 0:
-            raise ValueError(f"0 feature(s) (shape={shape}) while a minimum of 1 is required.")
-        n = shape[0] if shape else 0
-        if n == 0:
-            raise ValueError("X is empty (0 samples); at least 2 samples are needed.")
-        if fitting and n < 2:
-            raise ValueError(f"n_samples={n}: at least 2 samples are needed to fit a classifier.")
-
     def on_train_begin(self, net, X=None, y=None, **kwargs):
         """Check the data and build the networks and optimizer *before* the callbacks start.
 
@@ -355,9 +292,9 @@ class ImageNetClassifier(NeuralNetClassifier):
 
     def _check_data(self, X: Any, y: Any = None) -> None:
         """The work of :meth:`check_data`: validate, record the data facts, (re)build."""
-        self._prevalidate(X, y)
+        check_raw_input(X, y, estimator=type(self).__name__)
         Xc = self._as_array(X)
-        y = self._validate_y(y, len(Xc))
+        y = check_labels(y, len(Xc), estimator=type(self).__name__)
         built = getattr(self, "built_for_", None)
         if not getattr(self, "fresh_", True) and built is not None:
             if tuple(Xc.shape[1:]) != built[0]:  # partial_fit / warm start on other shapes
@@ -402,9 +339,12 @@ class ImageNetClassifier(NeuralNetClassifier):
             Xc, codes = cache[1], cache[2]
             self.fit_cache_ = None
         else:
-            self._prevalidate(X, np.zeros(2) if y is None else y, fitting=y is not None)
+            name = type(self).__name__
+            check_raw_input(
+                X, np.zeros(2) if y is None else y, estimator=name, fitting=y is not None
+            )
             Xc = self._as_array(X)
-            codes = None if y is None else self._encode(self._validate_y(y, len(Xc)))
+            codes = None if y is None else self._encode(check_labels(y, len(Xc), estimator=name))
             shape = getattr(self, "input_shape_", None)
             if shape is not None and tuple(Xc.shape[1:]) != tuple(shape):
                 raise self._shape_error(tuple(Xc.shape[1:]), tuple(shape))

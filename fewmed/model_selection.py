@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
@@ -27,6 +27,7 @@ __all__ = [
     "EpisodeSampler",
     "LeaveClassesOut",
     "TaskDistribution",
+    "TaskIndex",
     "check_group_leak",
     "grouped_train_test_split",
     "stratified_split",
@@ -209,6 +210,19 @@ def check_group_leak(groups, train, test) -> None:
         )
 
 
+class TaskIndex(NamedTuple):
+    """The classes an :class:`EpisodeSampler` draws from and each one's sample indices.
+
+    Built and validated once by :meth:`EpisodeSampler.index`; every
+    :meth:`EpisodeSampler.draw` reads it.
+    """
+
+    classes: np.ndarray
+    """The labels, sorted (or as given by the sampler's ``classes``)."""
+    members: list[np.ndarray]
+    """``members[j]``: indices of the samples of ``classes[j]``."""
+
+
 @dataclass(frozen=True)
 class Episode:
     """One N-way K-shot task: indices into the data and task-local labels.
@@ -275,7 +289,29 @@ class EpisodeSampler:
         self.random_state = random_state
         self.classes = classes
 
-    def _index(self, y) -> tuple[np.ndarray, list[np.ndarray]]:
+    def index(self, y) -> TaskIndex:
+        """Validate labels ``y`` for this task shape and index them by class.
+
+        Parameters
+        ----------
+        y : array-like of shape (n_samples,)
+
+        Returns
+        -------
+        TaskIndex
+
+        Raises
+        ------
+        ValueError
+            When fewer than ``n_way`` classes exist, or a class has fewer than
+            ``n_shot + n_query`` images.
+
+        Examples
+        --------
+        >>> index = EpisodeSampler(n_way=2, n_shot=1, n_query=1).index([0, 1, 1, 0])
+        >>> index.classes.tolist(), [m.tolist() for m in index.members]
+        ([0, 1], [[0, 3], [1, 2]])
+        """
         for name in ("n_way", "n_shot"):
             v = getattr(self, name)
             if not isinstance(v, Integral) or v < 1:
@@ -300,7 +336,7 @@ class EpisodeSampler:
                 f"every class needs at least n_shot + n_query = {self.n_shot} + {self.n_query} "
                 f"= {need} images, but {desc}: lower n_shot/n_query or drop those classes."
             )
-        return classes, members
+        return TaskIndex(classes, members)
 
     def _rng(self) -> np.random.Generator:
         rs = self.random_state
@@ -312,17 +348,28 @@ class EpisodeSampler:
 
     def sample(self, y, n_episodes: int | None = None) -> Iterator[Episode]:
         """Yield episodes from labels ``y`` (forever when ``n_episodes`` is None)."""
-        classes, members = self._index(y)
+        index = self.index(y)
         rng = self._rng()
         count = 0
         while n_episodes is None or count < n_episodes:
-            yield self._draw(rng, classes, members)
+            yield self.draw(index, rng)
             count += 1
 
-    def _draw(
-        self, rng: np.random.Generator, classes: np.ndarray, members: list[np.ndarray]
-    ) -> Episode:
-        """One episode from the index that :meth:`_index` built, using ``rng``."""
+    def draw(self, index: TaskIndex, rng: np.random.Generator) -> Episode:
+        """One episode from ``index`` (:meth:`index`), all its randomness from ``rng``.
+
+        Meta-training draws task ``t`` with ``numpy.random.default_rng([seed, t])``, so
+        a task depends on its number only; :meth:`sample` draws a stream from one
+        generator.
+
+        Examples
+        --------
+        >>> sampler = EpisodeSampler(n_way=2, n_shot=1, n_query=1)
+        >>> ep = sampler.draw(sampler.index([0, 1, 1, 0]), np.random.default_rng(0))
+        >>> ep.support_y.tolist(), ep.query_y.tolist()
+        ([0, 1], [0, 1])
+        """
+        classes, members = index
         k, q, n = self.n_shot, self.n_query, self.n_way
         chosen = rng.choice(len(classes), size=n, replace=False)
         sup, qry = [], []
@@ -340,7 +387,7 @@ class EpisodeSampler:
 
     def check(self, y) -> None:
         """Validate that ``y`` supports this task shape (raises ``ValueError`` if not)."""
-        self._index(y)
+        self.index(y)
 
 
 class TaskDistribution:

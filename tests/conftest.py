@@ -98,3 +98,30 @@ def lesions():
     d = make_synthetic_lesions(n_classes=6, n_per_class=20, size=16, random_state=0)
     order = np.argsort(d.target, kind="stable")
     return d.images[order], d.target[order]
+
+
+# ------------------------------------------------------------------ data set tests
+
+
+@pytest.fixture
+def isolated_data_home(tmp_path, monkeypatch):
+    """Never let a test read or write the user's real data home (``$FEWMED_DATA``)."""
+    monkeypatch.setenv("FEWMED_DATA", str(tmp_path / "fewmed_home"))
+
+
+@pytest.fixture
+def fake_ham(ham_dir, tmp_path) -> tuple[Path, list[dict[str, str]]]:
+    """A tiny official-layout HAM10000 folder with 7 real images over two part folders."""
+    import shutil
+
+    from _helpers import image_path, one_per_class, write_csv
+
+    rows = one_per_class(ham_dir)
+    root = tmp_path / "ham_small"
+    for i, row in enumerate(rows):
+        part = root / f"HAM10000_images_part_{1 + i % 2}"
+        part.mkdir(parents=True, exist_ok=True)
+        shutil.copy(image_path(ham_dir, row["image_id"]), part)
+    header = list(rows[0])
+    write_csv(root / "HAM10000_metadata.csv", header, [[r[h] for h in header] for r in rows])
+    return root, rows

@@ -7,7 +7,8 @@ from skorch.callbacks import Checkpoint, EarlyStopping
 
 from fewmed import DAMLClassifier, ReptileInitializer
 from fewmed.datasets import make_synthetic_lesions
-from fewmed.fewshot._meta_net import TaskDataset, linear_anneal, step_decay
+from fewmed.fewshot._meta_net import linear_anneal, step_decay
+from fewmed.fewshot._tasks import TaskDataset
 
 FAST = dict(
     n_filters=8,

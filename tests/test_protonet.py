@@ -11,8 +11,8 @@ from sklearn.model_selection import GridSearchCV, cross_val_score
 
 from fewmed import ProtoNetClassifier
 from fewmed.datasets import make_synthetic_lesions
-from fewmed.fewshot._meta_net import TaskDataset
 from fewmed.fewshot._protonet import embed, prototypes, prototypical_loss, squared_distances
+from fewmed.fewshot._tasks import TaskDataset
 from fewmed.model_selection import LeaveClassesOut, TaskDistribution
 
 FAST = dict(

@@ -1,4 +1,4 @@
-"""ReptileInitializer: the outer update, BatchNorm removal, early stopping, QWK, errors."""
+"""ReptileInitializer: BatchNorm removal, fine-tuning with early stopping, QWK, errors."""
 
 import pickle
 
@@ -11,10 +11,9 @@ from sklearn.metrics import cohen_kappa_score
 from sklearn.model_selection import GridSearchCV
 from skorch import NeuralNetClassifier
 
-import fewmed.fewshot._reptile as reptile_module
 from fewmed import ReptileInitializer
-from fewmed.datasets import load_medmnist, make_synthetic_lesions
-from fewmed.fewshot._reptile import TransferNet, remove_batchnorm, reptile_update
+from fewmed._finetune import SupervisedNet
+from fewmed.datasets import load_medmnist
 from fewmed.metrics import quadratic_weighted_kappa, qwk_scorer
 
 FAST = dict(
@@ -37,15 +36,16 @@ FAST = dict(
 
 
 @pytest.fixture(scope="module")
-def lesions():
-    d = make_synthetic_lesions(n_classes=6, n_per_class=30, size=16, random_state=0)
-    src = d.target < 3
-    return (d.images[src], d.target[src]), (d.images[~src], d.target[~src])
+def source_target(lesions):
+    """The shared lesions split into source classes 0-2 and target classes 3-5."""
+    X, y = lesions
+    src = y < 3
+    return (X[src], y[src]), (X[~src], y[~src])
 
 
 @pytest.fixture(scope="module")
-def fitted(lesions):
-    (Xs, ys), _ = lesions
+def fitted(source_target):
+    (Xs, ys), _ = source_target
     return ReptileInitializer(**FAST).fit(Xs, ys)
 
 
@@ -56,89 +56,28 @@ def _bn_layers(module):
     return [m for m in module.modules() if isinstance(m, kinds)]
 
 
-# ----------------------------------------------------------------- the outer update
-def test_reptile_update_equation():
-    phi = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
-    tasks = [
-        {"w": torch.tensor([3.0, 2.0]), "n": torch.tensor(5)},
-        {"w": torch.tensor([1.0, 6.0]), "n": torch.tensor(5)},
-    ]
-    new = reptile_update(phi, tasks, 0.5)
-    # mean(phi_i - phi) = [1, 2]
-    torch.testing.assert_close(new["w"], torch.tensor([1.5, 3.0]))
-    assert int(new["n"]) == 5
-
-
-def test_fit_outer_step_is_phi_plus_eps_mean(lesions, monkeypatch):
-    """One meta-iteration of fit moves phi by epsilon * mean(phi_task - phi)."""
-    (Xs, ys), _ = lesions
-    params = {**FAST, "meta_step_size": 0.3, "meta_batch_size": 3}
-    phi0 = ReptileInitializer(**{**params, "n_iterations": 0}).fit(Xs, ys).module_.state_dict()
-    phi0 = {k: v.clone() for k, v in phi0.items()}
-    recorded = []
-    original = reptile_module.train_on_task
-
-    def spy(model, *args, **kwargs):
-        loss = original(model, *args, **kwargs)
-        recorded.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return loss
-
-    monkeypatch.setattr(reptile_module, "train_on_task", spy)
-    rep = ReptileInitializer(**{**params, "n_iterations": 1}).fit(Xs, ys)
-    assert len(recorded) == 3
-    for k, v in rep.module_.state_dict().items():
-        if not torch.is_floating_point(v):
-            continue
-        expected = phi0[k] + 0.3 * torch.stack([s[k] - phi0[k] for s in recorded]).mean(0)
-        torch.testing.assert_close(v, expected, rtol=1e-5, atol=1e-6)
-    assert rep.history_[0]["epsilon"] == pytest.approx(0.3)
-
-
-def test_epsilon_is_annealed_linearly(lesions):
-    (Xs, ys), _ = lesions
-    rep = ReptileInitializer(**{**FAST, "meta_step_size": 1.0, "meta_step_size_final": 0.2})
-    rep.fit(Xs, ys)
-    eps = [h["epsilon"] for h in rep.history_]
-    np.testing.assert_allclose(eps, [1.0, 0.8, 0.6, 0.4])
-
-
 # ----------------------------------------------------------------- BatchNorm removal
 @pytest.mark.parametrize("mode", [True, "drop", "fold"])
-def test_no_batchnorm_after_removal(fitted, lesions, mode):
-    _, (Xt, yt) = lesions
+def test_no_batchnorm_after_removal(fitted, source_target, mode):
+    _, (Xt, yt) = source_target
     assert _bn_layers(fitted.module_)  # the initialization keeps its BatchNorm
-    rep = clone(fitted).set_params(remove_batchnorm=mode).fit(*lesions[0])
+    rep = clone(fitted).set_params(remove_batchnorm=mode).fit(*source_target[0])
     rep.adapt(Xt, yt)
     assert _bn_layers(rep.adapted_module_) == []
     assert _bn_layers(rep.init_module(4)) == []
     assert _bn_layers(rep.module_)  # untouched
 
 
-def test_keep_batchnorm_when_asked(fitted, lesions):
-    rep = clone(fitted).set_params(remove_batchnorm=False).fit(*lesions[0])
+def test_keep_batchnorm_when_asked(fitted, source_target):
+    rep = clone(fitted).set_params(remove_batchnorm=False).fit(*source_target[0])
     assert _bn_layers(rep.init_module(2))
 
 
-def test_fold_preserves_the_function():
-    from fewmed.nn import VGG, Conv4, ResNet
-
-    nets = (Conv4(n_classes=3, n_filters=4), ResNet(n_classes=3, n_filters=4), VGG(3, 3, 4))
-    for net in nets:
-        net.train()
-        net(torch.rand(16, 3, 28, 28))  # move the running statistics
-        net.eval()
-        x = torch.rand(5, 3, 28, 28)
-        before = net(x)
-        after = remove_batchnorm(net, "fold")(x)
-        assert _bn_layers(net) == []
-        torch.testing.assert_close(before, after, rtol=1e-4, atol=1e-5)
-
-
 # ----------------------------------------------------------------- fine-tuning
-def test_early_stopping_restores_best_weights(fitted, lesions):
-    _, (Xt, yt) = lesions
+def test_early_stopping_restores_best_weights(fitted, source_target):
+    _, (Xt, yt) = source_target
     Xv, yv = Xt[::3], yt[::3]
-    rep = clone(fitted).set_params(max_epochs=8, patience=3, lr=5e-3).fit(*lesions[0])
+    rep = clone(fitted).set_params(max_epochs=8, patience=3, lr=5e-3).fit(*source_target[0])
     rep.adapt(Xt, yt, X_val=Xv, y_val=yv)
     hist = rep.net_.history
     best = min(hist[:, "valid_loss"])
@@ -150,17 +89,17 @@ def test_early_stopping_restores_best_weights(fitted, lesions):
     assert rep.net_.callbacks_ and "early_stopping" in dict(rep.net_.callbacks_)
 
 
-def test_validation_split_is_used_without_val_data(fitted, lesions):
-    _, (Xt, yt) = lesions
-    rep = clone(fitted).set_params(fine_tune="full").fit(*lesions[0]).adapt(Xt, yt)
+def test_validation_split_is_used_without_val_data(fitted, source_target):
+    _, (Xt, yt) = source_target
+    rep = clone(fitted).set_params(fine_tune="full").fit(*source_target[0]).adapt(Xt, yt)
     assert "valid_loss" in rep.net_.history[-1]
     assert rep.net_.history[-1, "valid_qwk"] is not None
 
 
-def test_any_labels_and_few_shot(fitted, lesions):
-    _, (Xt, yt) = lesions
+def test_any_labels_and_few_shot(fitted, source_target):
+    _, (Xt, yt) = source_target
     names = np.array(["mild", "none", "severe"])[yt - 3]
-    rep = clone(fitted).fit(*lesions[0]).adapt(Xt, names)
+    rep = clone(fitted).fit(*source_target[0]).adapt(Xt, names)
     assert list(rep.classes_) == ["mild", "none", "severe"]
     assert set(rep.predict(Xt)) <= set(names)
     # a few images per class: a few-shot adaptation (no skorch net)
@@ -172,16 +111,16 @@ def test_any_labels_and_few_shot(fitted, lesions):
 
 
 @pytest.mark.parametrize("init", ["random", "supervised"])
-def test_baselines(lesions, init):
-    (Xs, ys), (Xt, yt) = lesions
+def test_baselines(source_target, init):
+    (Xs, ys), (Xt, yt) = source_target
     rep = ReptileInitializer(**{**FAST, "init": init}).fit(Xs, ys).adapt(Xt, yt)
     assert rep.predict(Xt).shape == yt.shape
     if init == "supervised":
         assert rep.module_.head.out_features == 3 and len(rep.history_) >= 1
 
 
-def test_export_to_plain_skorch(fitted, lesions):
-    _, (Xt, yt) = lesions
+def test_export_to_plain_skorch(fitted, source_target):
+    _, (Xt, yt) = source_target
     from fewmed._validation import check_images
 
     X = check_images(Xt)
@@ -201,9 +140,9 @@ def test_export_to_plain_skorch(fitted, lesions):
 
 
 # ----------------------------------------------------------------- errors
-def test_clear_errors(fitted, lesions):
-    _, (Xt, yt) = lesions
-    rep = clone(fitted).fit(*lesions[0])
+def test_clear_errors(fitted, source_target):
+    _, (Xt, yt) = source_target
+    rep = clone(fitted).fit(*source_target[0])
     with pytest.raises(ValueError, match="single class"):
         rep.adapt(Xt[:20], np.zeros(20))
     with pytest.raises(ValueError, match="validation split is empty"):
@@ -218,34 +157,34 @@ def test_clear_errors(fitted, lesions):
     with pytest.raises(NotFittedError):
         ReptileInitializer().predict(Xt)
     with pytest.raises(NotFittedError, match="not adapted"):
-        clone(fitted).fit(*lesions[0]).predict(Xt)
+        clone(fitted).fit(*source_target[0]).predict(Xt)
     with pytest.raises(ValueError, match="init"):
-        ReptileInitializer(init="imagenet").fit(*lesions[0])
+        ReptileInitializer(init="imagenet").fit(*source_target[0])
 
 
 # ----------------------------------------------------------------- sklearn contract
-def test_pickle_round_trip_and_reproducibility(fitted, lesions):
-    _, (Xt, yt) = lesions
-    a = clone(fitted).fit(*lesions[0]).adapt(Xt, yt)
+def test_pickle_round_trip_and_reproducibility(fitted, source_target):
+    _, (Xt, yt) = source_target
+    a = clone(fitted).fit(*source_target[0]).adapt(Xt, yt)
     b = pickle.loads(pickle.dumps(a))
     np.testing.assert_array_equal(a.predict_proba(Xt), b.predict_proba(Xt))
     state = torch.random.get_rng_state()
-    c = clone(fitted).fit(*lesions[0]).adapt(Xt, yt)
+    c = clone(fitted).fit(*source_target[0]).adapt(Xt, yt)
     assert torch.equal(state, torch.random.get_rng_state())  # no global RNG used
     np.testing.assert_array_equal(a.predict_proba(Xt), c.predict_proba(Xt))
     assert clone(fitted).get_params() == fitted.get_params()
 
 
 # ----------------------------------------------------------------- QWK
-def test_qwk_agrees_with_sklearn_and_scores_grid_search(fitted, lesions):
+def test_qwk_agrees_with_sklearn_and_scores_grid_search(fitted, source_target):
     rng = np.random.default_rng(0)
     t, p = rng.integers(0, 5, 200), rng.integers(0, 5, 200)
     assert quadratic_weighted_kappa(t, p) == pytest.approx(
         cohen_kappa_score(t, p, weights="quadratic")
     )
-    _, (Xt, yt) = lesions
+    _, (Xt, yt) = source_target
     grid = GridSearchCV(
-        TransferNet(fitted.init_module(3), max_epochs=1, random_state=0),
+        SupervisedNet(fitted.init_module(3), max_epochs=1, random_state=0),
         {"lr": [1e-3, 3e-3]},
         scoring=qwk_scorer,
         cv=2,

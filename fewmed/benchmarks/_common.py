@@ -15,18 +15,11 @@ import numpy as np
 
 __all__ = [
     "add_common_arguments",
-    "load_ham_or_synthetic",
     "write_json",
     "format_table",
     "output_dir",
     "environment",
 ]
-
-HAM_HELP = (
-    "Real HAM10000 data was not found. Get it from "
-    "https://doi.org/10.7910/DVN/DBW86T (HAM10000_metadata.csv + the two image folders) "
-    "or the ISIC 2018 Task 3 training set, then pass --data PATH or set FEWMED_DATA."
-)
 
 
 def add_common_arguments(parser, *, default_out: str) -> None:
@@ -54,37 +47,6 @@ def environment() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-
-
-def load_ham_or_synthetic(
-    data: str | None,
-    *,
-    size: int,
-    synthetic: bool = False,
-    random_state: int = 0,
-    n_per_class: Sequence[int] | None = None,
-    verbose: int = 1,
-):
-    """HAM10000 from ``--data`` / ``FEWMED_DATA`` / the cache, else synthetic lesions.
-
-    Returns ``(bunch, is_synthetic)``. The synthetic fallback says so loudly, and
-    says how to get the real data.
-    """
-    from fewmed.datasets import load_ham10000, make_synthetic_lesions, resolve_ham10000
-
-    path = None if synthetic else resolve_ham10000(data)
-    if path is not None:
-        bunch = load_ham10000(path, size=size, verbose=verbose)
-        return bunch, False
-    if not synthetic:
-        print(f"WARNING: {HAM_HELP}\nRunning on SYNTHETIC lesion images instead.", flush=True)
-    # HAM10000 class sizes / 10, in the sorted-name order of target_names
-    sizes = list(n_per_class) if n_per_class else [33, 51, 110, 12, 111, 670, 14]
-    bunch = make_synthetic_lesions(
-        n_classes=7, size=size, random_state=random_state, class_sizes=[max(s, 40) for s in sizes]
-    )
-    bunch["target_names"] = np.array(["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"])
-    return bunch, True
 
 
 def output_dir(out: str | os.PathLike) -> Path:

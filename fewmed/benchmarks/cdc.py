@@ -18,10 +18,10 @@ from fewmed.benchmarks._common import (
     add_common_arguments,
     environment,
     format_table,
-    load_ham_or_synthetic,
     output_dir,
     write_json,
 )
+from fewmed.datasets import load_ham10000_or_synthetic
 from fewmed.metrics import mean_confidence_interval
 
 RARE = ["akiec", "vasc", "df"]
@@ -190,7 +190,7 @@ def run(args) -> dict:
     schedule = args.schedule or prof["schedule"]
     nv_cap = args.nv_cap if args.nv_cap is not None else prof["nv_cap"]
     rec_weight = None if args.reconstruction_weight == "none" else args.reconstruction_weight
-    bunch, synthetic = load_ham_or_synthetic(
+    bunch, synthetic = load_ham10000_or_synthetic(
         args.data,
         size=size,
         synthetic=args.synthetic,

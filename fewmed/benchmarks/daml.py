@@ -22,10 +22,10 @@ from fewmed.benchmarks._common import (
     add_common_arguments,
     environment,
     format_table,
-    load_ham_or_synthetic,
     output_dir,
     write_json,
 )
+from fewmed.datasets import load_ham10000_or_synthetic
 from fewmed.metrics import mean_confidence_interval, paired_confidence_interval
 
 COMMON = ["nv", "mel", "bkl", "bcc"]
@@ -106,7 +106,7 @@ def run(args) -> dict:
     filters = args.filters or prof["n_filters"]
     seed, verbose = args.seed, args.verbose
     t_start = time.perf_counter()
-    bunch, synthetic = load_ham_or_synthetic(
+    bunch, synthetic = load_ham10000_or_synthetic(
         args.data, size=size, synthetic=args.synthetic, random_state=seed, verbose=verbose
     )
     (Xc, yc), (Xr, yr) = _split(bunch)

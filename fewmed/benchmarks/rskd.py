@@ -34,10 +34,10 @@ from fewmed.benchmarks._common import (
     add_common_arguments,
     environment,
     format_table,
-    load_ham_or_synthetic,
     output_dir,
     write_json,
 )
+from fewmed.datasets import load_ham10000_or_synthetic
 
 HEAD, MEDIUM, TAIL = ["nv"], ["bcc", "bkl", "mel"], ["akiec", "df", "vasc"]
 FEATURE_SUBSETS = {"pigmented": ["mel", "nv", "bkl"], "other": ["bcc", "akiec", "vasc", "df"]}
@@ -129,7 +129,7 @@ def _ham(args, prof, memory) -> dict:
 
     from fewmed.metrics import frequency_groups
 
-    bunch, synthetic = load_ham_or_synthetic(
+    bunch, synthetic = load_ham10000_or_synthetic(
         args.data,
         size=prof["size"],
         synthetic=args.synthetic,
@@ -216,7 +216,7 @@ def _speedup(args, prof, X, y, seed, repeats: int = 2) -> dict:
     from joblib import Parallel, delayed
 
     from fewmed import RelationalSubsetsDistiller
-    from fewmed.longtail._rskd import _fit_teacher
+    from fewmed.longtail._teachers import _fit_teacher
 
     rng = np.random.default_rng(seed)
     tiny = dict(kd=None, n_filters=4, max_epochs=1, batch_size=16, verbose=0, classes=[0, 1])
@@ -267,7 +267,7 @@ def _speedup(args, prof, X, y, seed, repeats: int = 2) -> dict:
 
 
 def _subsets_of(est):
-    from fewmed.longtail._distillation import build_subsets
+    from fewmed.longtail._subsets import build_subsets
 
     return build_subsets(
         est.subsets, est.classes_, est.data_info_["class_counts"], many=est.many, few=est.few
@@ -301,7 +301,7 @@ def _chest(args, prof, path: Path, memory) -> dict:
     from sklearn.model_selection import GroupShuffleSplit
 
     from fewmed.datasets import load_multilabel_csv
-    from fewmed.longtail._distillation import build_subsets
+    from fewmed.longtail._subsets import build_subsets
 
     bunch = load_multilabel_csv(path, load_images=False)
     Y_all, names = np.asarray(bunch["target"]), np.asarray(bunch["target_names"])

@@ -7,6 +7,7 @@ See ``docs/data.md``.
 """
 
 from ._base import get_data_home
+from ._fallback import HAM10000_HELP, load_ham10000_or_synthetic
 from ._fetch import (
     ChecksumError,
     DatasetNotAvailableError,
@@ -24,6 +25,7 @@ __all__ = [
     "ChecksumError",
     "DatasetNotAvailableError",
     "HAM10000_CLASSES",
+    "HAM10000_HELP",
     "MEDMNIST_FLAGS",
     "MEDMNIST_INFO",
     "fetch_ham10000",
@@ -31,6 +33,7 @@ __all__ = [
     "get_data_home",
     "list_datasets",
     "load_ham10000",
+    "load_ham10000_or_synthetic",
     "load_image_folder",
     "load_isic2018",
     "load_medmnist",

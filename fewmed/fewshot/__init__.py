@@ -18,11 +18,13 @@ and the differentiable inner loop of ``fewmed.fewshot._inner_loop``. See
 ``docs/architecture.md``.
 """
 
+from .._finetune import remove_batchnorm
 from ._base import FewShotMixin
 from ._baselines import ConvFeatureExtractor, FeatureFewShotClassifier, FineTuneClassifier
 from ._daml import DAMLClassifier, difficulty_aware_loss
 from ._protonet import ProtoNetClassifier, prototypes, prototypical_loss, squared_distances
-from ._reptile import ReptileInitializer, remove_batchnorm, reptile_update
+from ._reptile import ReptileInitializer
+from ._reptile_net import reptile_update
 
 __all__ = [
     "ConvFeatureExtractor",

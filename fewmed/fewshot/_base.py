@@ -1,11 +1,21 @@
-"""The few-shot protocol shared by fewmed's meta-learners and few-shot baselines.
+"""The few-shot family's templates: what every few-shot estimator and meta-learner shares.
 
-``fit`` learns from common classes, ``adapt(X_support, y_support)`` specialises to
-a new task (``classes_`` become that task's labels), ``predict_proba`` /
-``predict`` / ``decision_function`` answer on the adapted task, and ``score``
-samples episodes from the classes it is given and returns their mean AUC, so
-``GridSearchCV`` / ``cross_val_score`` work with :class:`LeaveClassesOut`.
-Subclasses implement ``_fit(X, y)``, ``_adapt(Xs, ys)`` and ``_predict_logits(X)``.
+:class:`FewShotMixin` is the protocol: ``fit`` learns from common classes,
+``adapt(X_support, y_support)`` specialises to a new task (``classes_`` become that
+task's labels), ``predict_proba`` / ``predict`` / ``decision_function`` answer on
+the adapted task, and ``score`` samples episodes from the classes it is given and
+returns their mean AUC, so ``GridSearchCV`` / ``cross_val_score`` work with
+:class:`~fewmed.model_selection.LeaveClassesOut`. Its ``fit`` is a template (as
+imbalanced-learn's ``fit_resample`` calls ``_fit_resample``): it validates the
+parameters and the data, forgets a previous adaptation, and calls ``_fit(X, y)``.
+A subclass implements ``_fit``, ``_adapt(Xs, ys)`` and ``_predict_logits(X)``.
+
+:class:`BaseMetaLearner` is the template of the meta-learners trained on skorch
+(DAML, ProtoNet, Reptile): its ``_fit`` draws the seed, samples the training and
+validation tasks (:class:`~fewmed.fewshot._tasks.TaskDataset`), builds the network
+and its :class:`~fewmed.fewshot._meta_net.MetaNet`, and meta-trains. A meta-learner
+says only what is its own: ``_net_class`` (its meta-update), ``_backbone_kwargs``,
+``_lr_schedule`` and, where they differ, ``_outer_lr`` and ``_train_n_query``.
 """
 
 from __future__ import annotations
@@ -16,16 +26,18 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from fewmed._validation import check_image_shape, check_images
-from fewmed.fewshot._meta_net import TaskDataset
+from fewmed._validation import check_image_shape, check_images, resolve_device
+from fewmed.fewshot._meta_net import IterationSchedule, MetaNet, fit_meta_net
+from fewmed.fewshot._tasks import TaskDataset
 from fewmed.metrics import ConfidenceInterval, mean_confidence_interval, task_aucs
 from fewmed.model_selection import EpisodeSampler, TaskDistribution
 from fewmed.nn import build_backbone, make_augment
 
-__all__ = ["META_CONSTRAINTS", "FewShotMixin", "MetaNetAttributes"]
+__all__ = ["META_CONSTRAINTS", "BaseMetaLearner", "FewShotMixin", "MetaNetAttributes"]
 
 #: Parameter constraints every meta-learner shares (backbone width, task
 #: sampling, the meta-training loop, scoring); each adds its own to these.
@@ -46,7 +58,39 @@ META_CONSTRAINTS: dict = {
 
 
 class FewShotMixin(ClassifierMixin, BaseEstimator):
-    """fit / adapt / predict / score for episodic few-shot estimators."""
+    """fit / adapt / predict / score for episodic few-shot estimators.
+
+    ``fit`` is a template: subclasses implement ``_fit(Xt, y, **fit_params)`` on
+    validated float images ``Xt`` ``(n, C, H, W)`` and labels ``y``.
+    """
+
+    def fit(self, X, y=None, **fit_params):
+        """Learn from the common classes of ``(X, y)`` (or a ``TaskDistribution``).
+
+        Validates the parameters (``_parameter_constraints``) and the data, forgets
+        a previous adaptation, then runs the estimator's own ``_fit``.
+
+        Parameters
+        ----------
+        X : array-like of images or TaskDistribution
+            ``(n, H, W[, C])`` uint8 or ``(n, C, H, W)`` float.
+        y : array-like of shape (n,), default=None
+            Labels (omit with a ``TaskDistribution``).
+        **fit_params
+            Passed to ``_fit`` (the meta-learners' validation tasks).
+
+        Returns
+        -------
+        self
+        """
+        if hasattr(self, "_parameter_constraints"):
+            self._validate_params()
+        Xt, y = self._validate_fit_input(X, y)
+        self._fit(Xt, y, **fit_params)
+        return self
+
+    def _fit(self, Xt: np.ndarray, y: np.ndarray, **fit_params) -> None:  # pragma: no cover
+        raise NotImplementedError
 
     # --------------------------------------------------------------- helpers
     def _task_shape(self) -> tuple[int, int, int]:
@@ -88,21 +132,6 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
             )
         return Xt, y
 
-    def _train_tasks(self, Xt: np.ndarray, y: np.ndarray, seed: int, n_query: int) -> TaskDataset:
-        """The ``n_iterations * meta_batch_size`` seeded meta-training tasks of ``(Xt, y)``."""
-        n_way, n_shot, _ = self.task_shape_
-        return TaskDataset(
-            torch.from_numpy(Xt),
-            y,
-            n_way=n_way,
-            n_shot=n_shot,
-            n_query=n_query,
-            seed=seed,
-            n_tasks=self.n_iterations * self.meta_batch_size,
-            tasks_per_epoch=self.iterations_per_epoch * self.meta_batch_size,
-            augment=make_augment(self.augment),
-        )
-
     def _seeded_backbone(self, seed: int, n_classes: int | None, **kwargs) -> torch.nn.Module:
         """``module`` built for ``input_shape_`` with weights from ``seed`` (no global RNG)."""
         c, h, w = self.input_shape_
@@ -122,30 +151,6 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
         for a in self._adapted_attrs:
             if hasattr(self, a):
                 delattr(self, a)
-
-    def _valid_tasks(self, X_valid, y_valid, seed: int):
-        """``n_valid_tasks`` fixed tasks of ``(X_valid, y_valid)`` to validate meta-training."""
-        if X_valid is None and y_valid is None:
-            return None
-        if X_valid is None or y_valid is None:
-            raise ValueError("pass both X_valid and y_valid, or neither.")
-        Xv = self._check_X(X_valid, name="X_valid")
-        y_valid = np.asarray(y_valid)
-        if y_valid.shape != (len(Xv),):
-            raise ValueError(
-                f"y_valid must be 1-D with one label per image of X_valid; got shape "
-                f"{y_valid.shape} for {len(Xv)} images."
-            )
-        n_way, n_shot, n_query = self.task_shape_
-        return TaskDataset(
-            Xv,
-            y_valid,
-            n_way=n_way,
-            n_shot=n_shot,
-            n_query=max(n_query, 1),
-            seed=seed,
-            n_tasks=self.n_valid_tasks,
-        )
 
     def _check_X(self, X, name: str = "X") -> torch.Tensor:
         Xt = check_images(X, name=name)
@@ -312,6 +317,145 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
         tags.input_tags.three_d_array = True
         tags.non_deterministic = False
         return tags
+
+
+class BaseMetaLearner(FewShotMixin):
+    """Template of the meta-learners on skorch: seed, tasks, network, meta-training.
+
+    ``fit(X, y, X_valid=None, y_valid=None)`` (from :class:`FewShotMixin`) ends in
+    :meth:`_fit`, which draws the run's seed from ``random_state``, samples the
+    ``n_iterations * meta_batch_size`` training tasks and the ``n_valid_tasks``
+    validation tasks (both before a previous fit is replaced, so bad input leaves
+    it intact), builds the network (:meth:`_make_net`) and meta-trains it with
+    :func:`~fewmed.fewshot._meta_net.fit_meta_net`. With ``warm_start=True`` a refit
+    on images of the same shape continues the previous run and its task stream.
+
+    A subclass sets ``_net_class`` (a :class:`~fewmed.fewshot._meta_net.MetaNet`
+    reading the estimator's hyper-parameters through its ``estimator``) and
+    implements :meth:`_backbone_kwargs` and :meth:`_lr_schedule`.
+    """
+
+    _net_class: type[MetaNet] = MetaNet
+    _meta_optimizer: type[torch.optim.Optimizer] = torch.optim.Adam
+
+    def fit(self, X, y=None, X_valid=None, y_valid=None):
+        """Meta-train on tasks sampled from ``(X, y)`` or a ``TaskDistribution``.
+
+        Parameters
+        ----------
+        X : array-like of images or TaskDistribution
+            Images of the common classes, ``(n, H, W[, C])`` uint8 or
+            ``(n, C, H, W)`` float.
+        y : array-like of shape (n,), default=None
+            Their labels (omit with a ``TaskDistribution``).
+        X_valid, y_valid : array-like, default=None
+            Images and labels for ``n_valid_tasks`` fixed validation tasks (for
+            instance classes held out of ``y``): their query loss and accuracy
+            after adaptation are ``valid_loss`` / ``valid_acc`` in the history, so
+            skorch's ``EarlyStopping`` or ``Checkpoint`` in ``callbacks`` can
+            follow them.
+
+        Returns
+        -------
+        self
+        """
+        fitted_shape = getattr(self, "input_shape_", None)
+        return super().fit(X, y, X_valid=X_valid, y_valid=y_valid, fitted_shape=fitted_shape)
+
+    def _fit(self, Xt, y, X_valid=None, y_valid=None, fitted_shape=None) -> None:
+        n_query = self._train_n_query()
+        resume = (
+            getattr(self, "warm_start", False)
+            and getattr(self, "meta_net_", None) is not None
+            and fitted_shape == self.input_shape_
+        )
+        if resume:
+            seed = self.meta_net_.seed
+        else:
+            seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        train = self._train_tasks(Xt, y, seed, n_query)
+        valid = self._valid_tasks(X_valid, y_valid, seed + 1)
+        if resume:  # what a warm start may change; the net reads the rest from self
+            for k, v in self._skorch_params().items():
+                setattr(self.meta_net_, k, v)
+        else:
+            self.meta_net_ = self._make_net(seed)
+        self._forget_adaptation()
+        fit_meta_net(self.meta_net_, train, valid, resume=resume)
+
+    # ----------------------------------------------------------- the hooks
+    def _backbone_kwargs(self) -> dict:
+        """``n_classes`` of the head (``None``: no head) and the backbone's options."""
+        return {"n_classes": self.task_shape_[0]}
+
+    def _lr_schedule(self) -> tuple[str, IterationSchedule]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _outer_lr(self) -> float:
+        """The outer loop's learning rate (the net's ``lr``)."""
+        return self.meta_lr
+
+    def _train_n_query(self) -> int:
+        """Query images per class of the training tasks."""
+        return self.task_shape_[2]
+
+    def _skorch_params(self) -> dict:
+        """The net's skorch parameters that follow the estimator's (also on a warm start)."""
+        return {"lr": self._outer_lr(), "verbose": self.verbose}
+
+    def _make_net(self, seed: int) -> MetaNet:
+        """The network (seeded by ``seed``) and its meta-training net."""
+        module = self._seeded_backbone(seed, **self._backbone_kwargs())
+        return self._net_class(
+            module.to(resolve_device(self.device)),
+            estimator=self,
+            optimizer=self._meta_optimizer,
+            batch_size=self.meta_batch_size,
+            callbacks=[self._lr_schedule(), *(self.callbacks or [])],
+            device=str(resolve_device(self.device)),
+            seed=seed,
+            **self._skorch_params(),
+        )
+
+    # ----------------------------------------------------------- the tasks
+    def _train_tasks(self, Xt: np.ndarray, y: np.ndarray, seed: int, n_query: int) -> TaskDataset:
+        """The ``n_iterations * meta_batch_size`` seeded meta-training tasks of ``(Xt, y)``."""
+        n_way, n_shot, _ = self.task_shape_
+        return TaskDataset(
+            torch.from_numpy(Xt),
+            y,
+            n_way=n_way,
+            n_shot=n_shot,
+            n_query=n_query,
+            seed=seed,
+            n_tasks=self.n_iterations * self.meta_batch_size,
+            tasks_per_epoch=self.iterations_per_epoch * self.meta_batch_size,
+            augment=make_augment(self.augment),
+        )
+
+    def _valid_tasks(self, X_valid, y_valid, seed: int):
+        """``n_valid_tasks`` fixed tasks of ``(X_valid, y_valid)`` to validate meta-training."""
+        if X_valid is None and y_valid is None:
+            return None
+        if X_valid is None or y_valid is None:
+            raise ValueError("pass both X_valid and y_valid, or neither.")
+        Xv = self._check_X(X_valid, name="X_valid")
+        y_valid = np.asarray(y_valid)
+        if y_valid.shape != (len(Xv),):
+            raise ValueError(
+                f"y_valid must be 1-D with one label per image of X_valid; got shape "
+                f"{y_valid.shape} for {len(Xv)} images."
+            )
+        n_way, n_shot, n_query = self.task_shape_
+        return TaskDataset(
+            Xv,
+            y_valid,
+            n_way=n_way,
+            n_shot=n_shot,
+            n_query=max(n_query, 1),
+            seed=seed,
+            n_tasks=self.n_valid_tasks,
+        )
 
 
 class MetaNetAttributes:

@@ -7,17 +7,16 @@
 * :class:`FeatureFewShotClassifier` - conv features + any scikit-learn classifier
   (KNN, SVM) in a ``Pipeline`` fitted on each support set.
 
-MAML is ``DAMLClassifier(eta=0)``.
+MAML is ``DAMLClassifier(eta=0)``. Pre-training, the transfer to a new head and the
+fine-tuning steps are fewmed's one fine-tuning path, :mod:`fewmed._finetune`.
 """
 
 from __future__ import annotations
 
-import copy
 import zlib
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
@@ -25,36 +24,35 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer
 from sklearn.utils.validation import check_is_fitted
+from skorch.history import History
 
+from fewmed._finetune import pretrain, train_steps, transfer
 from fewmed._validation import check_image_shape, check_images, check_random_state_torch
 from fewmed.fewshot._base import FewShotMixin
-from fewmed.nn import Augment
+from fewmed.nn import make_augment
 
 __all__ = ["ConvFeatureExtractor", "FeatureFewShotClassifier", "FineTuneClassifier"]
 
 
-def _pretrain(est, X: np.ndarray, y: np.ndarray):
-    """Supervised pre-training on the common classes (plain CE, skorch underneath)."""
-    from fewmed.longtail._cdc import CDCClassifier
-
-    net = CDCClassifier(
+def _pretrain(
+    est: ConvFeatureExtractor | FineTuneClassifier, X: np.ndarray, y: np.ndarray
+) -> tuple[torch.nn.Module, History]:
+    """Supervised pre-training on the common classes with ``est``'s settings (plain CE)."""
+    backbone, history = pretrain(
         est.module,
+        X,
+        y,
         n_filters=est.n_filters,
-        decoder=False,
-        twin=False,
-        alpha=0.0,
-        beta=0.0,
-        augment=est.augment,
         max_epochs=est.max_epochs,
         lr=est.lr,
         batch_size=est.batch_size,
-        random_state=est.random_state,
+        augment=est.augment,
+        channels_last=True,  # the CPU layout these baselines have always pre-trained in
         device=est.device,
+        random_state=est.random_state,
         verbose=est.verbose,
     )
-    net.fit(X, y)
-    backbone = net.module_.cpu().eval()
-    return backbone, net.history
+    return backbone.cpu().eval(), history
 
 
 class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
@@ -180,12 +178,10 @@ class FeatureFewShotClassifier(FewShotMixin):
         self.n_score_tasks = n_score_tasks
         self.random_state = random_state
 
-    def fit(self, X, y=None):
-        """Pre-train the feature extractor on the common classes; returns ``self``."""
-        Xt, y = self._validate_fit_input(X, y)
+    def _fit(self, Xt: np.ndarray, y: np.ndarray) -> None:
+        """Pre-train the feature extractor on the common classes."""
         features = self.features or ConvFeatureExtractor(random_state=self.random_state)
         self.features_ = clone(features).fit(Xt, y)
-        return self
 
     def _adapt(self, Xs: torch.Tensor, ys: torch.Tensor) -> None:
         clf = self.classifier or make_pipeline(Normalizer(), KNeighborsClassifier(1))
@@ -306,15 +302,13 @@ class FineTuneClassifier(FewShotMixin):
         self.random_state = random_state
         self.verbose = verbose
 
-    def fit(self, X, y=None):
-        """Pre-train on the common classes (or reuse ``extractor``'s backbone); returns ``self``."""
-        Xt, y = self._validate_fit_input(X, y)
+    def _fit(self, Xt: np.ndarray, y: np.ndarray) -> None:
+        """Pre-train on the common classes (or reuse ``extractor``'s backbone)."""
         if self.extractor is None:
             self.backbone_, self.history_ = _pretrain(self, Xt, y)
         else:
             fx = self._fitted_extractor(Xt, y)
             self.backbone_, self.history_ = fx.backbone_, fx.history_
-        return self
 
     def _fitted_extractor(self, Xt: np.ndarray, y: np.ndarray) -> ConvFeatureExtractor:
         fx = self.extractor
@@ -342,20 +336,16 @@ class FineTuneClassifier(FewShotMixin):
         # before, so a task's score does not depend on the tasks scored before it
         digest = zlib.crc32(ys.cpu().numpy().tobytes(), zlib.crc32(Xs.cpu().numpy().tobytes()))
         seed = (self.random_state or 0) * 1_000_003 + digest
-        gen = check_random_state_torch(seed)
-        model = copy.deepcopy(self.backbone_)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model.reset_head(len(self.classes_))
-        model.eval()  # BatchNorm keeps its pre-training statistics
-        opt = torch.optim.Adam(model.parameters(), lr=self.adapt_lr)
-        aug = Augment() if self.augment else None
-        for _ in range(self.n_adapt_steps):
-            x = aug(Xs, generator=gen) if aug is not None else Xs
-            loss = F.cross_entropy(model(x), ys)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        model = transfer(self.backbone_, len(self.classes_), seed)  # BatchNorm: eval
+        train_steps(
+            model,
+            Xs,
+            ys,
+            self.n_adapt_steps,
+            check_random_state_torch(seed),
+            lr=self.adapt_lr,
+            augment=make_augment(self.augment),
+        )
         self.adapted_module_ = model
 
     def _predict_logits(self, X: torch.Tensor) -> np.ndarray:

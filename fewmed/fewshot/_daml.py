@@ -13,14 +13,12 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from fewmed._validation import resolve_device
-from fewmed.fewshot._base import META_CONSTRAINTS, FewShotMixin, MetaNetAttributes
+from fewmed.fewshot._base import META_CONSTRAINTS, BaseMetaLearner, MetaNetAttributes
 from fewmed.fewshot._inner_loop import BACKENDS, adapt, meta_batch_losses, predict_logits
-from fewmed.fewshot._meta_net import IterationSchedule, MetaNet, fit_meta_net, step_decay
+from fewmed.fewshot._meta_net import IterationSchedule, MetaNet, step_decay
 
 __all__ = ["DAMLClassifier", "DAMLNet", "difficulty_aware_loss"]
 
@@ -66,19 +64,6 @@ def difficulty_aware_loss(task_losses: torch.Tensor, eta: float, eps: float = 0.
     return (-(L**eta) * torch.log(torch.clamp(1.0 - L, min=eps))).sum()
 
 
-_NET_PARAMS = (
-    "inner_lr",
-    "n_inner_steps",
-    "n_adapt_steps",
-    "first_order",
-    "eta",
-    "eps",
-    "difficulty_start",
-    "reset_optimizer",
-    "backend",
-)
-
-
 class DAMLNet(MetaNet):
     """The skorch net under :class:`DAMLClassifier`: one (difficulty-aware) MAML update per batch.
 
@@ -90,34 +75,11 @@ class DAMLNet(MetaNet):
     ``validation_step`` adapts first-order with ``n_adapt_steps`` and returns the
     query loss. Per iteration the history's batches hold ``meta_loss`` (= skorch's
     ``train_loss``), ``task_loss``, ``query_acc``, ``effective_tasks``, ``lr`` and
-    ``difficulty``. The parameters are :class:`DAMLClassifier`'s of the same name.
+    ``difficulty``. It reads the hyper-parameters (``inner_lr``, ``n_inner_steps``,
+    ``n_adapt_steps``, ``first_order``, ``eta``, ``eps``, ``difficulty_start``,
+    ``reset_optimizer``, ``backend``) from its ``estimator``, a
+    :class:`DAMLClassifier`.
     """
-
-    def __init__(
-        self,
-        module,
-        *args,
-        inner_lr=0.05,
-        n_inner_steps=5,
-        n_adapt_steps=10,
-        first_order=False,
-        eta=5.0,
-        eps=0.1,
-        difficulty_start=1500,
-        reset_optimizer=True,
-        backend="autograd",
-        **kwargs,
-    ):
-        super().__init__(module, *args, **kwargs)
-        self.inner_lr = inner_lr
-        self.n_inner_steps = n_inner_steps
-        self.n_adapt_steps = n_adapt_steps
-        self.first_order = first_order
-        self.eta = eta
-        self.eps = eps
-        self.difficulty_start = difficulty_start
-        self.reset_optimizer = reset_optimizer
-        self.backend = backend
 
     def initialize(self):
         super().initialize()
@@ -126,22 +88,25 @@ class DAMLNet(MetaNet):
 
     def uses_difficulty(self, iteration: int) -> bool:
         """Whether Eq. 3 replaces the mean loss at ``iteration``."""
-        start = self.difficulty_start
-        return self.eta > 0 and start is not None and iteration >= start
+        est = self.estimator
+        start = est.difficulty_start
+        return est.eta > 0 and start is not None and iteration >= start
 
     def get_meta_loss(self, task_losses: torch.Tensor, difficulty: bool) -> torch.Tensor:
         """``mean(L_i)`` (MAML) or Eq. 3 divided by the meta-batch size."""
         if difficulty:
-            return difficulty_aware_loss(task_losses, self.eta, self.eps) / len(task_losses)
+            est = self.estimator
+            return difficulty_aware_loss(task_losses, est.eta, est.eps) / len(task_losses)
         return task_losses.mean()
 
     def train_step_single(self, batch, **fit_params):
         self._set_training(True)
         XS, YS, XQ, YQ = self.unpack_tasks(batch)  # noqa: N806
+        est = self.estimator
         difficulty = self.uses_difficulty(self.n_iter_)
         if difficulty and not self.switched_:
             self.switched_ = True
-            if self.reset_optimizer:
+            if est.reset_optimizer:
                 self.optimizer_.state.clear()  # a fresh Adam at the current learning rate
         losses, accs = meta_batch_losses(
             self.module_,
@@ -149,10 +114,10 @@ class DAMLNet(MetaNet):
             YS,
             XQ,
             YQ,
-            lr=self.inner_lr,
-            steps=self.n_inner_steps,
-            first_order=self.first_order,
-            backend=self.backend,
+            lr=est.inner_lr,
+            steps=est.n_inner_steps,
+            first_order=est.first_order,
+            backend=est.backend,
         )
         meta = self.get_meta_loss(losses, difficulty)
         self.check_finite(meta, "Lower meta_lr or inner_lr, or use first_order=True.")
@@ -180,8 +145,8 @@ class DAMLNet(MetaNet):
                 YS,
                 XQ,
                 YQ,
-                lr=self.inner_lr,
-                steps=self.n_adapt_steps,
+                lr=self.estimator.inner_lr,
+                steps=self.estimator.n_adapt_steps,
                 first_order=True,
                 backend="autograd",
             )
@@ -189,7 +154,7 @@ class DAMLNet(MetaNet):
         return {"loss": losses.mean().detach(), "y_pred": None}
 
 
-class DAMLClassifier(MetaNetAttributes, FewShotMixin):
+class DAMLClassifier(MetaNetAttributes, BaseMetaLearner):
     """Difficulty-aware MAML for few-shot classification of rare diseases.
 
     ``fit`` meta-trains a network on ``n_way``-way ``n_shot``-shot tasks sampled
@@ -405,65 +370,13 @@ class DAMLClassifier(MetaNetAttributes, FewShotMixin):
         self.verbose = verbose
 
     # ----------------------------------------------------------------- fit
-    def _make_net(self, seed: int) -> DAMLNet:
-        module = self._seeded_backbone(seed, self.task_shape_[0], norm="reference")
-        callbacks = [("lr_schedule", IterationSchedule(step_decay(self.lr_decay_step)))]
-        callbacks += list(self.callbacks or [])
-        return DAMLNet(
-            module,
-            optimizer=torch.optim.Adam,
-            batch_size=self.meta_batch_size,
-            callbacks=callbacks,
-            device=str(resolve_device(self.device)),
-            seed=seed,
-            **self._net_params(),
-        )
+    _net_class = DAMLNet
 
-    def _net_params(self) -> dict:
-        """What a warm start may change: everything but the network and the task stream."""
-        params = {k: getattr(self, k) for k in _NET_PARAMS}
-        return {**params, "lr": self.meta_lr, "verbose": self.verbose}
+    def _backbone_kwargs(self) -> dict:
+        return {"n_classes": self.task_shape_[0], "norm": "reference"}
 
-    def fit(self, X, y=None, X_valid=None, y_valid=None):
-        """Meta-train on tasks sampled from ``(X, y)`` or a ``TaskDistribution``.
-
-        Parameters
-        ----------
-        X : array-like of images or TaskDistribution
-            Images of the common classes, ``(n, H, W[, C])`` uint8 or
-            ``(n, C, H, W)`` float.
-        y : array-like of shape (n,), default=None
-            Their labels (omit with a ``TaskDistribution``).
-        X_valid, y_valid : array-like, default=None
-            Images and labels for ``n_valid_tasks`` fixed validation tasks (for
-            instance classes held out of ``y``): their query loss and accuracy
-            after ``n_adapt_steps`` are ``valid_loss`` / ``valid_acc`` in the
-            history, so skorch's ``EarlyStopping`` or ``Checkpoint`` in
-            ``callbacks`` can follow them.
-
-        Returns
-        -------
-        self
-        """
-        self._validate_params()
-        old_shape = getattr(self, "input_shape_", None)
-        Xt, y = self._validate_fit_input(X, y)
-        resume = self.warm_start and hasattr(self, "meta_net_") and old_shape == self.input_shape_
-        if resume:
-            seed = self.meta_net_.seed
-        else:
-            seed = int(check_random_state(self.random_state).randint(2**31 - 1))
-        # build (and so validate) the tasks before a previous fit is replaced
-        train = self._train_tasks(Xt, y, seed, self.task_shape_[2])
-        valid = self._valid_tasks(X_valid, y_valid, seed + 1)
-        if resume:
-            for k, v in self._net_params().items():
-                setattr(self.meta_net_, k, v)
-        else:
-            self.meta_net_ = self._make_net(seed)
-        self._forget_adaptation()
-        fit_meta_net(self.meta_net_, train, valid, resume=resume)
-        return self
+    def _lr_schedule(self) -> tuple[str, IterationSchedule]:
+        return ("lr_schedule", IterationSchedule(step_decay(self.lr_decay_step)))
 
     # --------------------------------------------------------------- adapt
     def _check_n_classes(self, n: int) -> None:

@@ -15,13 +15,11 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from fewmed._validation import resolve_device
-from fewmed.fewshot._base import META_CONSTRAINTS, FewShotMixin, MetaNetAttributes
-from fewmed.fewshot._meta_net import IterationSchedule, MetaNet, fit_meta_net, step_decay
+from fewmed.fewshot._base import META_CONSTRAINTS, BaseMetaLearner, MetaNetAttributes
+from fewmed.fewshot._meta_net import IterationSchedule, MetaNet, step_decay
 
 __all__ = [
     "ProtoNetClassifier",
@@ -166,7 +164,7 @@ class ProtoNet(MetaNet):
         return {"loss": losses.mean(), "y_pred": None}
 
 
-class ProtoNetClassifier(MetaNetAttributes, FewShotMixin):
+class ProtoNetClassifier(MetaNetAttributes, BaseMetaLearner):
     """Prototypical Networks (Snell et al. 2017) for few-shot classification of rare diseases.
 
     ``fit`` meta-trains an embedding network (the backbone without its head) on
@@ -328,57 +326,22 @@ class ProtoNetClassifier(MetaNetAttributes, FewShotMixin):
         self.verbose = verbose
 
     # ----------------------------------------------------------------- fit
-    def _make_net(self, seed: int) -> ProtoNet:
-        module = self._seeded_backbone(seed, None)
-        callbacks = [("lr_schedule", IterationSchedule(step_decay(self.lr_decay_step, 0.5)))]
-        callbacks += list(self.callbacks or [])
-        return ProtoNet(
-            module,
-            optimizer=torch.optim.Adam,
-            lr=self.meta_lr,
-            batch_size=self.meta_batch_size,
-            callbacks=callbacks,
-            device=str(resolve_device(self.device)),
-            seed=seed,
-            verbose=self.verbose,
-        )
+    _net_class = ProtoNet
 
-    def fit(self, X, y=None, X_valid=None, y_valid=None):
-        """Meta-train the embedding on tasks sampled from ``(X, y)`` or a ``TaskDistribution``.
+    def _backbone_kwargs(self) -> dict:
+        return {"n_classes": None}  # an embedding: no head
 
-        Parameters
-        ----------
-        X : array-like of images or TaskDistribution
-            Images of the common classes, ``(n, H, W[, C])`` uint8 or
-            ``(n, C, H, W)`` float.
-        y : array-like of shape (n,), default=None
-            Their labels (omit with a ``TaskDistribution``).
-        X_valid, y_valid : array-like, default=None
-            Images and labels for ``n_valid_tasks`` fixed validation tasks (for
-            instance classes held out of ``y``): their query loss and accuracy are
-            ``valid_loss`` / ``valid_acc`` in the history, for skorch's
-            ``EarlyStopping`` or ``Checkpoint`` in ``callbacks``.
+    def _lr_schedule(self) -> tuple[str, IterationSchedule]:
+        return ("lr_schedule", IterationSchedule(step_decay(self.lr_decay_step, 0.5)))
 
-        Returns
-        -------
-        self
-        """
-        self._validate_params()
-        Xt, y = self._validate_fit_input(X, y)
+    def _train_n_query(self) -> int:
         n_query = self.task_shape_[2]
         if n_query < 1:
             raise ValueError(
                 f"ProtoNetClassifier meta-trains on query images: n_query must be >= 1, got "
                 f"{n_query}."
             )
-        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
-        # build (and so validate) the tasks before a previous fit is replaced
-        train = self._train_tasks(Xt, y, seed, n_query)
-        valid = self._valid_tasks(X_valid, y_valid, seed + 1)
-        self.meta_net_ = self._make_net(seed)
-        self._forget_adaptation()
-        fit_meta_net(self.meta_net_, train, valid)
-        return self
+        return n_query
 
     # --------------------------------------------------------------- adapt
     def _embed(self, X: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

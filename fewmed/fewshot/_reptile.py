@@ -16,329 +16,27 @@ network, BatchNorm is removed, and the network is fine-tuned on the target set
 
 from __future__ import annotations
 
-import copy
 from numbers import Integral, Real
-from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
-from skorch.callbacks import EarlyStopping, EpochScoring
-from skorch.helper import predefined_split
 from torch import nn
 
-from fewmed._dataset import ArrayDataset
-from fewmed._skorch import ImageNetClassifier
+from fewmed._finetune import fine_tune, pretrain, train_steps, transfer
 from fewmed._validation import resolve_device
-from fewmed.fewshot._base import META_CONSTRAINTS, FewShotMixin
-from fewmed.fewshot._meta_net import IterationSchedule, MetaNet, fit_meta_net, linear_anneal
-from fewmed.metrics import quadratic_weighted_kappa
-from fewmed.model_selection import stratified_split
-from fewmed.nn import ReferenceBatchNorm2d, make_augment
+from fewmed.fewshot._base import META_CONSTRAINTS, BaseMetaLearner
+from fewmed.fewshot._meta_net import IterationSchedule, linear_anneal
+from fewmed.fewshot._reptile_net import ReptileNet
+from fewmed.nn import make_augment
 
-__all__ = ["ReptileInitializer", "reptile_update", "remove_batchnorm"]
-
-
-# --------------------------------------------------------------------------- helpers
-def reptile_update(
-    phi: dict[str, torch.Tensor], task_states: list[dict[str, torch.Tensor]], epsilon: float
-) -> dict[str, torch.Tensor]:
-    """The Reptile outer step ``phi + epsilon * mean_i(phi_i - phi)``.
-
-    Parameters
-    ----------
-    phi : dict of str to Tensor
-        Current initialization (a ``state_dict``).
-    task_states : list of dict
-        Weights after the inner loop of every task of the meta-batch.
-    epsilon : float
-        Outer step size (1 moves ``phi`` to the mean of the task weights).
-
-    Returns
-    -------
-    dict of str to Tensor
-        The new initialization. Integer entries (BatchNorm's batch counter) are
-        taken from the last task.
-
-    Examples
-    --------
-    >>> import torch
-    >>> new = reptile_update({"w": torch.zeros(2)}, [{"w": torch.ones(2)}], 0.5)
-    >>> new["w"].tolist()
-    [0.5, 0.5]
-    """
-    if not task_states:
-        raise ValueError("reptile_update needs at least one task state.")
-    out = {}
-    for k, v in phi.items():
-        if not torch.is_floating_point(v):
-            out[k] = task_states[-1][k].clone()
-            continue
-        mean = torch.stack([s[k] for s in task_states]).mean(0)
-        out[k] = v + epsilon * (mean - v)
-    return out
-
-
-def _is_bn(m: nn.Module) -> bool:
-    return isinstance(m, (nn.modules.batchnorm._BatchNorm, ReferenceBatchNorm2d))
-
-
-def _fold(conv: nn.Conv2d, bn: nn.Module) -> None:
-    """Fold an eval-mode BatchNorm into the convolution before it (in place)."""
-    mean = getattr(bn, "running_mean", None)
-    var = getattr(bn, "running_var", None)
-    if mean is None or var is None:
-        raise ValueError("only BatchNorm with running statistics can be folded; use 'drop'.")
-    scale = bn.weight.detach() / torch.sqrt(var + bn.eps)
-    with torch.no_grad():
-        conv.weight.mul_(scale[:, None, None, None])
-        bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(mean)
-        new_bias = (bias - mean) * scale + bn.bias.detach()
-        conv.bias = nn.Parameter(new_bias.clone())
-
-
-def remove_batchnorm(module: nn.Module, mode: str = "drop") -> nn.Module:
-    """Remove every BatchNorm layer of ``module`` (in place) and return it.
-
-    Parameters
-    ----------
-    module : nn.Module
-    mode : {"drop", "fold"}, default="drop"
-        ``"drop"`` replaces each BatchNorm by an identity (the paper: the
-        convolutions keep their weights, the normalisation is gone). ``"fold"``
-        merges a BatchNorm that follows a convolution into that convolution's
-        weights and bias using its running statistics, so the network computes
-        what it computed in eval mode, without a BatchNorm layer; BatchNorm
-        layers with no convolution before them are dropped.
-
-    Returns
-    -------
-    nn.Module
-
-    Examples
-    --------
-    >>> from fewmed.nn import Conv4
-    >>> net = remove_batchnorm(Conv4(n_classes=2, n_filters=4))
-    >>> any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
-    False
-    """
-    if mode not in ("drop", "fold"):
-        raise ValueError(f"mode must be 'drop' or 'fold', got {mode!r}.")
-    for parent in list(module.modules()):
-        names = list(parent._modules)
-        for i, name in enumerate(names):
-            child = parent._modules[name]
-            if not _is_bn(child):
-                continue
-            if mode == "fold":
-                prev = None
-                if isinstance(parent, nn.Sequential) and i > 0:
-                    prev = parent._modules[names[i - 1]]
-                elif name.startswith("bn") and f"conv{name[2:]}" in parent._modules:
-                    prev = parent._modules[f"conv{name[2:]}"]
-                if isinstance(prev, nn.Conv2d) and getattr(child, "running_mean", None) is not None:
-                    _fold(prev, child)
-            parent._modules[name] = nn.Identity()
-    return module
-
-
-def _has_bn(module: nn.Module) -> bool:
-    return any(_is_bn(m) for m in module.modules())
-
-
-def _encoded_qwk(net: Any, X: Any, y: Any) -> float:
-    """QWK of argmax codes against label codes (the validation datasets hold codes)."""
-    proba = net.predict_proba(X)
-    return float(quadratic_weighted_kappa(np.asarray(y), proba.argmax(axis=1)))
-
-
-class TransferNet(ImageNetClassifier):
-    """skorch classifier that fine-tunes a copy of a given, already built module.
-
-    ``module`` is an ``nn.Module`` instance (for instance
-    :meth:`ReptileInitializer.init_module`); every ``fit`` starts from a fresh copy
-    of it, so refitting does not continue from the last fit. Everything else is
-    :class:`fewmed._skorch.ImageNetClassifier` (validation, seeded loader,
-    augmentation, ``valid_acc`` / ``valid_f1`` in the history) plus ``valid_qwk``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from fewmed.nn import Conv4
-    >>> net = TransferNet(Conv4(n_classes=2, n_filters=4), max_epochs=1, random_state=0)
-    >>> X = np.random.default_rng(0).integers(0, 255, (8, 28, 28, 3), dtype=np.uint8)
-    >>> net.fit(X, np.array([0, 1] * 4)).predict(X[:2]).shape
-    (2,)
-    """
-
-    @property
-    def _default_callbacks(self):
-        cbs = list(super()._default_callbacks)
-        qwk = ("valid_qwk", EpochScoring(_encoded_qwk, name="valid_qwk", lower_is_better=False))
-        cbs.insert(len(cbs) - 1, qwk)
-        return cbs
-
-    def _build_modules(self, info: dict) -> None:
-        if not isinstance(self.module, nn.Module):
-            raise TypeError(f"TransferNet needs an nn.Module instance, got {self.module!r}.")
-        n_out = getattr(self.module, "n_classes", None)
-        if n_out is not None and n_out != info["n_classes"]:
-            raise ValueError(
-                f"the module has {n_out} outputs but y has {info['n_classes']} classes."
-            )
-        self.module_ = copy.deepcopy(self.module).to(self.device)
-
-
-def train_on_task(
-    model: nn.Module,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    steps: int,
-    generator: torch.Generator,
-    *,
-    lr: float,
-    beta1: float,
-    batch_size: int,
-    augment=None,
-) -> float:
-    """``steps`` Adam steps on mini-batches of ``(X, y)``, in place; the mean loss.
-
-    Mini-batches of ``batch_size`` are drawn without replacement, reshuffling
-    when the task is used up (Reptile's inner loop).
-    """
-    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(beta1, 0.999))
-    n, bs = len(X), min(batch_size, len(X))
-    order, pos, losses = torch.randperm(n, generator=generator), 0, []
-    for _ in range(steps):
-        if pos + bs > n:
-            order, pos = torch.randperm(n, generator=generator), 0
-        idx = order[pos : pos + bs].to(X.device)
-        pos += bs
-        xb = X[idx]
-        if augment is not None:
-            xb = augment(xb, generator=generator)
-        loss = F.cross_entropy(model(xb), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return float(np.mean(losses)) if losses else float("nan")
-
-
-class ReptileNet(MetaNet):
-    """The skorch net under :class:`ReptileInitializer`: one Reptile outer step per batch.
-
-    Each batch of a :class:`~fewmed.fewshot._meta_net.TaskDataset` is a meta-batch of
-    tasks. ``train_step_single`` trains a copy of the network on every task
-    (``n_inner_steps`` Adam steps, :func:`train_on_task`) and sets each
-    parameter's gradient to ``phi - mean_i(phi_i)``, so that the net's SGD
-    optimizer, whose learning rate is ``epsilon``, performs
-    ``phi + epsilon * mean_i(phi_i - phi)``; BatchNorm's running statistics are
-    interpolated the same way. ``validation_step`` trains on a validation task's
-    support set for ``n_eval_steps`` and returns the query loss (BatchNorm in
-    training mode, as in Reptile's transductive evaluation). Per iteration the
-    history's batches hold ``train_loss`` and ``task_loss`` (the mean inner-loop
-    loss), ``epsilon`` and ``lr``.
-    """
-
-    def __init__(
-        self,
-        module,
-        *args,
-        optimizer=torch.optim.SGD,
-        inner_lr=1e-3,
-        inner_beta1=0.0,
-        n_inner_steps=8,
-        inner_batch_size=10,
-        n_eval_steps=50,
-        **kwargs,
-    ):
-        super().__init__(module, *args, optimizer=optimizer, **kwargs)
-        self.inner_lr = inner_lr
-        self.inner_beta1 = inner_beta1
-        self.n_inner_steps = n_inner_steps
-        self.inner_batch_size = inner_batch_size
-        self.n_eval_steps = n_eval_steps
-
-    def _task_weights(self, XS, YS, steps: int, generator) -> tuple[list[dict], list[float]]:
-        phi = self.module_.state_dict()
-        worker = copy.deepcopy(self.module_)
-        states, losses = [], []
-        for xs, ys in zip(XS, YS):
-            worker.load_state_dict(phi)
-            worker.train()
-            loss = train_on_task(
-                worker,
-                xs,
-                ys,
-                steps,
-                generator,
-                lr=self.inner_lr,
-                beta1=self.inner_beta1,
-                batch_size=self.inner_batch_size,
-            )
-            losses.append(loss)
-            states.append({k: v.detach().clone() for k, v in worker.state_dict().items()})
-        return states, losses
-
-    def train_step_single(self, batch, **fit_params):
-        self._set_training(True)
-        XS, YS, _, _ = self.unpack_tasks(batch)  # noqa: N806
-        seed = int(np.random.default_rng([self.seed, self.n_iter_]).integers(2**62))
-        with torch.enable_grad():
-            states, losses = self._task_weights(XS, YS, self.n_inner_steps, _generator(seed))
-        epsilon = self.optimizer_.param_groups[0]["lr"]
-        phi = {k: v.detach().clone() for k, v in self.module_.state_dict().items()}
-        mean = reptile_update(phi, states, 1.0)
-        buffers = reptile_update(phi, states, epsilon)
-        loss = torch.tensor(float(np.mean(losses)))
-        self.check_finite(loss, "Lower inner_lr or meta_step_size.")
-        with torch.no_grad():
-            for name, p in self.module_.named_parameters():
-                p.grad = phi[name] - mean[name]
-            for name, b in self.module_.named_buffers():
-                b.copy_(buffers[name])
-        self.record(task_loss=loss.item(), epsilon=epsilon)
-        self.n_iter_ += 1
-        return {"loss": loss, "y_pred": None}
-
-    def validation_step(self, batch, **fit_params):
-        XS, YS, XQ, YQ = self.unpack_tasks(batch)  # noqa: N806
-        phi = {k: v.detach().clone() for k, v in self.module_.state_dict().items()}
-        gen = _generator(self.seed + 1)
-        worker = copy.deepcopy(self.module_)
-        losses, accs = [], []
-        for xs, ys, xq, yq in zip(XS, YS, XQ, YQ):
-            worker.load_state_dict(phi)
-            worker.train()
-            with torch.enable_grad():
-                train_on_task(
-                    worker,
-                    xs,
-                    ys,
-                    self.n_eval_steps,
-                    gen,
-                    lr=self.inner_lr,
-                    beta1=self.inner_beta1,
-                    batch_size=self.inner_batch_size,
-                )
-            with torch.no_grad():
-                logits = worker(xq)
-            losses.append(F.cross_entropy(logits, yq).item())
-            accs.append((logits.argmax(1) == yq).float().mean().item())
-        self.record(valid_acc=float(np.mean(accs)))
-        return {"loss": torch.tensor(float(np.mean(losses))), "y_pred": None}
-
-
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+__all__ = ["ReptileInitializer"]
 
 
 # --------------------------------------------------------------------------- estimator
-class ReptileInitializer(FewShotMixin):
+class ReptileInitializer(BaseMetaLearner):
     """A Reptile-learned initialization, fine-tuned on a small target dataset.
 
     ``fit(X_source, y_source)`` learns the initialization ``module_`` on the source
@@ -452,7 +150,7 @@ class ReptileInitializer(FewShotMixin):
         Labels of the task given to ``adapt`` (absent before).
     adapted_module_ : nn.Module
         The fine-tuned network (absent before ``adapt``).
-    net_ : TransferNet or None
+    net_ : fewmed._finetune.SupervisedNet or None
         The skorch net of the last full fine-tuning (its ``history`` has
         ``train_loss``, ``valid_loss``, ``valid_acc``, ``valid_qwk`` per epoch);
         ``None`` after a few-shot adaptation.
@@ -565,7 +263,7 @@ class ReptileInitializer(FewShotMixin):
 
     # ----------------------------------------------------------------- fit
     def _build(self, n_classes: int, seed: int) -> nn.Module:
-        module = self._seeded_backbone(seed, n_classes, norm="batch")
+        module = self._seeded_backbone(seed, **{**self._backbone_kwargs(), "n_classes": n_classes})
         return module.to(resolve_device(self.device))
 
     def fit(self, X, y=None, X_valid=None, y_valid=None):
@@ -587,45 +285,41 @@ class ReptileInitializer(FewShotMixin):
         -------
         self
         """
-        self._validate_params()
-        Xt, y = self._validate_fit_input(X, y)
-        self._forget_adaptation()
-        rs = check_random_state(self.random_state)
-        self.seed_ = int(rs.randint(2**31 - 1))
+        return super().fit(X, y, X_valid=X_valid, y_valid=y_valid)
+
+    def _fit(self, Xt, y, X_valid=None, y_valid=None, fitted_shape=None) -> None:
         self.history_ = []
         self.n_iter_ = 0
         self.meta_net_ = None
         if self.init == "reptile":
-            net = self._make_net(self._build(self.task_shape_[0], self.seed_))
-            train = self._train_tasks(Xt, y, self.seed_, n_query=0)
-            valid = self._valid_tasks(X_valid, y_valid, self.seed_ + 1)
-            self.meta_net_ = fit_meta_net(net, train, valid)
-            self.module_ = net.module_
-            self.history_ = net.iteration_records()
-            self.n_iter_ = net.n_iter_
-        elif self.init == "supervised":
+            super()._fit(Xt, y, X_valid, y_valid)
+            self.seed_ = self.meta_net_.seed
+            self.module_ = self.meta_net_.module_
+            self.history_ = self.meta_net_.iteration_records()
+            self.n_iter_ = self.meta_net_.n_iter_
+            return
+        self.seed_ = int(check_random_state(self.random_state).randint(2**31 - 1))
+        if self.init == "supervised":
             self._pretrain(Xt, y)
         else:
             self.module_ = self._build(self.task_shape_[0], self.seed_)
-        return self
 
-    def _make_net(self, module: nn.Module) -> ReptileNet:
+    # -------------------------------------------------- meta-training hooks
+    _net_class = ReptileNet
+    _meta_optimizer = torch.optim.SGD
+
+    def _backbone_kwargs(self) -> dict:
+        return {"n_classes": self.task_shape_[0], "norm": "batch"}
+
+    def _lr_schedule(self) -> tuple[str, IterationSchedule]:
         schedule = linear_anneal(self.meta_step_size, self.meta_step_size_final, self.n_iterations)
-        callbacks = [("epsilon_schedule", IterationSchedule(schedule, absolute=True))]
-        return ReptileNet(
-            module,
-            lr=self.meta_step_size,
-            batch_size=self.meta_batch_size,
-            inner_lr=self.inner_lr,
-            inner_beta1=self.inner_beta1,
-            n_inner_steps=self.n_inner_steps,
-            inner_batch_size=self.inner_batch_size,
-            n_eval_steps=self.n_adapt_steps,
-            callbacks=callbacks + list(self.callbacks or []),
-            device=str(resolve_device(self.device)),
-            verbose=self.verbose,
-            seed=self.seed_,
-        )
+        return ("epsilon_schedule", IterationSchedule(schedule, absolute=True))
+
+    def _outer_lr(self) -> float:
+        return self.meta_step_size
+
+    def _train_n_query(self) -> int:
+        return 0  # Reptile trains on the support sets only
 
     def _pretrain(self, Xt: np.ndarray, y: np.ndarray) -> None:
         classes, codes = np.unique(y, return_inverse=True)
@@ -633,23 +327,14 @@ class ReptileInitializer(FewShotMixin):
         if self.pretrain_epochs == 0:
             self.module_ = module
             return
-        net = self._fine_tune(module, Xt, codes, None, None, self.pretrain_epochs, self.seed_ + 1)
-        self.module_ = net.module_
-        self.history_ = [
-            {k: v for k, v in row.items() if k != "batches"} for row in net.history.to_list()
-        ]
+        self.module_, history = pretrain(
+            module, Xt, codes, **self._fine_tune_params(self.pretrain_epochs, self.seed_ + 1)
+        )
+        self.history_ = [{k: v for k, v in row.items() if k != "batches"} for row in history]
 
     # --------------------------------------------------------------- export
     def _transfer(self, n_classes: int, seed: int) -> nn.Module:
-        model = copy.deepcopy(self.module_)
-        model.eval()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model.reset_head(n_classes)
-        if self.remove_batchnorm:
-            mode = "drop" if self.remove_batchnorm is True else self.remove_batchnorm
-            remove_batchnorm(model, mode)
-        return model
+        return transfer(self.module_, n_classes, seed, remove_batchnorm=self.remove_batchnorm)
 
     def init_module(self, n_classes: int, *, random_state: int | None = None) -> nn.Module:
         """A new network for ``n_classes`` starting from the learned initialization.
@@ -688,47 +373,19 @@ class ReptileInitializer(FewShotMixin):
         return int(check_random_state(self.random_state).randint(2**31 - 5))
 
     # --------------------------------------------------------------- adapt
-    def _fine_tune(self, module, X, codes, X_val, y_val, max_epochs, seed) -> TransferNet:
-        """Fit a :class:`TransferNet` with early stopping on ``(X_val, y_val)`` (or a hold-out)."""
-        n_classes = int(codes.max()) + 1
-        if X_val is None:
-            n_valid = int(np.ceil(self.validation_fraction * len(codes)))
-            if n_valid < n_classes or len(codes) - n_valid < n_classes:
-                raise ValueError(
-                    f"the validation split is empty for some class: validation_fraction="
-                    f"{self.validation_fraction} of {len(codes)} images holds out {n_valid}, "
-                    f"fewer than the {n_classes} classes. Pass X_val and y_val, raise "
-                    "validation_fraction, or use fine_tune='few-shot'."
-                )
-            split = stratified_split(self.validation_fraction, seed)
-        else:
-            split = predefined_split(ArrayDataset(X_val, y_val))
-            n_classes = max(n_classes, int(y_val.max()) + 1)
-        net = TransferNet(
-            module,
-            lr=self.lr,
-            optimizer__betas=(0.9, 0.999),
-            batch_size=self.batch_size,
+    def _fine_tune_params(self, max_epochs: int, seed: int) -> dict:
+        """:func:`fewmed._finetune.fine_tune`'s settings: Adam, early stopping (paper)."""
+        return dict(
+            validation_fraction=self.validation_fraction,
             max_epochs=max_epochs,
-            classes=list(range(n_classes)),
-            train_split=split,
-            callbacks=[
-                (
-                    "early_stopping",
-                    EarlyStopping(
-                        monitor=self.monitor,
-                        patience=self.patience,
-                        lower_is_better=self.monitor == "valid_loss",
-                        load_best=True,
-                    ),
-                )
-            ],
+            patience=self.patience,
+            monitor=self.monitor,
+            lr=self.lr,
+            batch_size=self.batch_size,
             augment=self.augment,
-            device=str(resolve_device(self.device)),
+            device=self.device,
             random_state=seed,
-            verbose=0,
         )
-        return net.fit(X, codes)
 
     def adapt(self, X, y, X_val=None, y_val=None):
         """Transfer the initialization to ``y``'s classes and fine-tune it.
@@ -772,20 +429,18 @@ class ReptileInitializer(FewShotMixin):
         if mode == "few-shot":
             self.net_ = None
             device = next(model.parameters()).device
-            gen = torch.Generator().manual_seed(seed + 1)
             model.train()
-            with torch.enable_grad():
-                train_on_task(
-                    model,
-                    Xs.to(device),
-                    ys.to(device),
-                    self.n_adapt_steps,
-                    gen,
-                    lr=self.inner_lr,
-                    beta1=self.inner_beta1,
-                    batch_size=self.inner_batch_size,
-                    augment=make_augment(self.augment),
-                )
+            train_steps(
+                model,
+                Xs.to(device),
+                ys.to(device),
+                self.n_adapt_steps,
+                torch.Generator().manual_seed(seed + 1),
+                lr=self.inner_lr,
+                betas=(self.inner_beta1, 0.999),
+                batch_size=self.inner_batch_size,
+                augment=make_augment(self.augment),
+            )
             self.adapted_module_ = model.eval()
             return
         X_val, y_val = self._val
@@ -807,7 +462,8 @@ class ReptileInitializer(FewShotMixin):
             yv = np.searchsorted(self.classes_, yv)
         else:
             Xv = yv = None
-        net = self._fine_tune(model, Xs.numpy(), codes, Xv, yv, self.max_epochs, seed + 2)
+        params = self._fine_tune_params(self.max_epochs, seed + 2)
+        net = fine_tune(model, Xs.numpy(), codes, X_val=Xv, y_val=yv, **params)
         self.net_ = net
         self.adapted_module_ = net.module_.eval()
 

@@ -6,15 +6,20 @@
   (Ju et al., MICCAI 2021): a teacher per class subset distilled into one student;
   ``kd=None`` is plain ERM.
 
-Both are skorch classifiers built on ``fewmed._skorch.ImageNetClassifier``. RSKD's
-pieces live in modules named for what they hold: ``_subsets`` (which classes go
-together), ``_teachers`` (the teachers' data, training and outputs) and
-``_distillation`` (the loss and its per-class weights). See ``docs/architecture.md``.
+Both are skorch classifiers built on one template,
+``fewmed.longtail._base.LongTailClassifier`` (the parameters, checks, backbone and
+class-weighted loss they share; itself a ``fewmed._skorch.ImageNetClassifier``).
+RSKD's pieces live in modules named for what they hold: ``_subsets`` (which classes
+go together), ``_teachers`` (the teachers' data, training and outputs),
+``_distillation`` (the loss, its per-class weights and their per-epoch update) and
+``_targets`` (multi-label targets, the validation hold-out, balanced sampling).
+See ``docs/architecture.md``.
 """
 
 from ._cdc import CDCClassifier
-from ._distillation import build_subsets, relational_kd_loss, relational_weights
+from ._distillation import relational_kd_loss, relational_weights
 from ._rskd import RelationalSubsetsDistiller
+from ._subsets import build_subsets
 
 __all__ = [
     "CDCClassifier",

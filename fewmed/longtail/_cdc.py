@@ -24,10 +24,9 @@ import torch
 from skorch.utils import to_tensor
 from torch import nn
 
-from fewmed._dataset import softmax
-from fewmed._skorch import ImageNetClassifier
-from fewmed.losses import LOSSES, ReconstructionLoss, class_weights, make_classification_loss
-from fewmed.nn import build_backbone, make_decoder
+from fewmed.longtail._base import LongTailClassifier
+from fewmed.losses import ReconstructionLoss
+from fewmed.nn import make_decoder
 
 __all__ = ["CDCClassifier"]
 
@@ -58,12 +57,15 @@ def _frozen_bn_statistics(module: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
-class CDCClassifier(ImageNetClassifier):
+class CDCClassifier(LongTailClassifier):
     """Classifier + auxiliary decoder + twin classifier (CDC, Xu et al. 2021).
 
     A skorch :class:`~skorch.NeuralNetClassifier` customised through its hooks
     (``initialize_module`` builds the backbone ``module_`` and the decoder
     ``decoder_``; ``infer`` runs the three branches; ``get_loss`` combines them).
+    The parameters shared with RSKD (``module``, ``n_filters``, ``loss``,
+    ``gamma``, ``class_weight`` and skorch's) are declared by
+    :class:`fewmed.longtail._base.LongTailClassifier`.
     ``decoder=False`` is the plain baseline (CE / WCE / FL / WFL depending on
     ``loss`` and ``class_weight``), ``twin=False`` the paper's "CD" ablation.
 
@@ -120,6 +122,9 @@ None, default="balanced"
         No hold-out by default (skorch's default would take 20% of every class);
         pass ``fewmed.model_selection.stratified_split(0.1)`` to monitor ``valid_loss``,
         ``valid_acc`` and ``valid_f1``.
+    predict_nonlinearity : callable, default=softmax
+        Maps the logits to ``predict_proba``'s probabilities (skorch's ``"auto"``
+        would return logits for a focal loss).
     random_state : int, RandomState or None, default=None
         Seeds the initialisation, the shuffling and the augmentation (without
         touching torch's global RNG).
@@ -176,12 +181,8 @@ None, default="balanced"
         self,
         module: Any = "conv4",
         *,
-        n_filters: int | None = None,
         alpha: float = 10.0,
         beta: float = 0.2,
-        loss: str = "ce",
-        gamma: float = 2.0,
-        class_weight: Any = None,
         reconstruction: str = "l2",
         reconstruction_weight: Any = "balanced",
         twin: bool = True,
@@ -189,38 +190,11 @@ None, default="balanced"
         decoder_blocks: int = 2,
         decoder_filters: int | None = None,
         decoder_scale: float = 1.0,
-        augment: Any = False,
-        optimizer: Any = torch.optim.Adam,
-        lr: float = 1e-3,
-        max_epochs: int = 20,
-        batch_size: int = 64,
-        train_split: Any = None,
-        predict_nonlinearity: Any = softmax,
-        random_state: Any = None,
-        device: Any = "cpu",
-        verbose: int = 0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            module,
-            optimizer=optimizer,
-            lr=lr,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            train_split=train_split,
-            predict_nonlinearity=predict_nonlinearity,
-            augment=augment,
-            random_state=random_state,
-            device=device,
-            verbose=verbose,
-            **kwargs,
-        )
-        self.n_filters = n_filters
+        super().__init__(module, **kwargs)
         self.alpha = alpha
         self.beta = beta
-        self.loss = loss
-        self.gamma = gamma
-        self.class_weight = class_weight
         self.reconstruction = reconstruction
         self.reconstruction_weight = reconstruction_weight
         self.twin = twin
@@ -232,19 +206,10 @@ None, default="balanced"
     # ------------------------------------------------------------------ params
     def _check_params(self) -> None:
         super()._check_params()
-        if self.loss not in LOSSES or self.loss == "bce":
-            raise ValueError(
-                f"loss must be 'ce' or 'focal' (CE / WCE / FL / WFL with class_weight); "
-                f"got {self.loss!r}."
-            )
         if self.reconstruction not in ("l2", "l1"):
             raise ValueError(f"reconstruction must be 'l2' or 'l1', got {self.reconstruction!r}.")
-        for name in ("alpha", "beta", "gamma"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}.")
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}.")
+        for name in ("alpha", "beta"):
+            self._check_number(name)
         if not isinstance(self.decoder_blocks, (int, np.integer)) or self.decoder_blocks < 1:
             raise ValueError(f"decoder_blocks must be an int >= 1, got {self.decoder_blocks!r}.")
         df = self.decoder_filters
@@ -253,13 +218,7 @@ None, default="balanced"
         ds = self.decoder_scale
         if not isinstance(ds, (int, float, np.number)) or not 0 < ds <= 1:
             raise ValueError(f"decoder_scale must be a number in (0, 1], got {ds!r}.")
-        for name in ("class_weight", "reconstruction_weight"):
-            value = getattr(self, name)
-            if isinstance(value, str) and value not in ("balanced", "inverse", "sqrt_inverse"):
-                raise ValueError(
-                    f"{name} must be 'balanced', 'inverse', 'sqrt_inverse', a dict, an array "
-                    f"or None; got {value!r}."
-                )
+        self._check_weight_option("reconstruction_weight")
 
     def _loss_terms(self) -> tuple[str, ...]:
         if not isinstance(self.decoder, bool | np.bool_) or not self.decoder:
@@ -268,19 +227,11 @@ None, default="balanced"
 
     # ------------------------------------------------------------------ building
     def _build_modules(self, info: dict) -> None:
-        c, h, w = info["input_shape"]
-        backbone = build_backbone(
-            self.module,
-            in_channels=c,
-            input_shape=(h, w),
-            n_classes=info["n_classes"],
-            n_filters=self.n_filters,
-            **self.get_params_for("module"),
-        )
-        self.module_ = backbone
+        """The backbone ``module_`` and, with ``decoder=True``, the decoder ``decoder_``."""
+        super()._build_modules(info)
         if self.decoder:
             self.decoder_ = make_decoder(
-                backbone,
+                self.module_,
                 n_blocks=self.decoder_blocks,
                 n_filters=self.decoder_filters,
                 scale=self.decoder_scale,
@@ -289,19 +240,12 @@ None, default="balanced"
         elif "decoder_" in self.__dict__:
             del self.decoder_
 
-    def _weights(self, option: Any, info: dict | None) -> np.ndarray | None:
-        if option is None or info is None:
-            return None
-        y_like = np.repeat(np.asarray(self.classes_), info["class_counts"])
-        return class_weights(y_like, option, classes=self.classes_)
-
     def _build_criteria(self, info: dict | None) -> None:
-        self.criterion_ = make_classification_loss(
-            self.loss, weight=self._weights(self.class_weight, info), gamma=self.gamma
-        )
+        """``criterion_`` (``Lc``, ``Lt``) and ``reconstruction_criterion_`` (``Lr``)."""
+        super()._build_criteria(info)
         if self.decoder:
             self.reconstruction_criterion_ = ReconstructionLoss(
-                self.reconstruction, weight=self._weights(self.reconstruction_weight, info)
+                self.reconstruction, weight=self._class_weights(self.reconstruction_weight, info)
             )
 
     def _channels_last(self) -> bool:

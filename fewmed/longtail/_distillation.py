@@ -1,150 +1,36 @@
-"""The pieces of relational-subsets knowledge distillation (Ju et al., MICCAI 2021).
+"""The distillation loss of RSKD and its per-class weights (Ju et al., MICCAI 2021).
 
-* :func:`build_subsets` turns the ``subsets`` parameter (``"shot"`` or user groups)
-  into class subsets, validated;
 * :func:`binary_log_probs` and :func:`relational_kd_loss` are Eqs. 1, 2 and 4's
   ``sum_i w_i KD_i`` at temperature ``T``, scaled by ``T**2`` (Hinton et al., 2015):
   one *binary* term per class for multi-label students (the paper's softmax runs
   over the two states ``{0, 1}`` of a class), the KL over the subset's classes of
   the samples of class ``i`` for multi-class students;
 * :func:`relational_weights` is Eq. 3, the per-class weight from the teacher-student
-  performance gap;
-* :func:`per_class_scores` measures per-class performance (AP or accuracy) for Eq. 3.
+  performance gap, and :func:`per_class_scores` the per-class performance (AP or
+  accuracy) it compares;
+* :class:`EpochWeights` is the callback that recomputes the weights (Eq. 3) after
+  every epoch of the student.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
+from skorch.callbacks import Callback
 
-from fewmed.metrics import frequency_groups
+from fewmed._dataset import ArrayDataset
 
 __all__ = [
+    "EpochWeights",
     "binary_log_probs",
-    "build_subsets",
     "per_class_scores",
     "relational_kd_loss",
     "relational_weights",
 ]
-
-_SHOT_NAMES = {"head": "head", "medium": "medium", "tail": "tail"}
-
-
-def build_subsets(
-    subsets: Any,
-    classes: Sequence | np.ndarray,
-    counts: Sequence[float] | np.ndarray,
-    *,
-    many: float = 100,
-    few: float = 20,
-    label_names: Sequence[str] | None = None,
-) -> dict[str, np.ndarray]:
-    """Class subsets as ``{name: class indices}`` from the ``subsets`` parameter.
-
-    Parameters
-    ----------
-    subsets : "shot", sequence of sequences or dict of sequences
-        ``"shot"`` splits the classes by training frequency with
-        :func:`fewmed.metrics.frequency_groups` into ``"head"`` (more than ``many``
-        samples), ``"medium"`` and ``"tail"`` (fewer than ``few``); empty groups are
-        dropped. A list of groups (named ``"subset0"``, ...) or a dict
-        ``{name: group}`` gives the groups explicitly; each group lists class labels
-        (values of ``classes``) or names (entries of ``label_names``).
-    classes : array-like of shape (n_classes,)
-        The labels, in column order.
-    counts : array-like of shape (n_classes,)
-        Training samples (positives, for multi-label data) per class.
-    many, few : float, default=100, 20
-        Shot thresholds; values below 1 are fractions of the total count.
-    label_names : sequence of str, default=None
-        A name per class (same order as ``classes``) usable in groups.
-
-    Returns
-    -------
-    dict
-        Subset name -> sorted ``ndarray`` of class indices. Classes that no group
-        names get no teacher (and no distillation term).
-
-    Raises
-    ------
-    ValueError
-        For an unknown option, an unknown class, an empty group, a class in two
-        groups, or thresholds with ``few > many``.
-
-    Examples
-    --------
-    >>> build_subsets("shot", ["a", "b", "c"], [500, 60, 5])
-    {'head': array([0]), 'medium': array([1]), 'tail': array([2])}
-    >>> build_subsets({"pigmented": ["a", "c"], "other": ["b"]}, ["a", "b", "c"], [5, 5, 5])
-    {'pigmented': array([0, 2]), 'other': array([1])}
-    """
-    classes = np.asarray(classes)
-    n_classes = len(classes)
-    if isinstance(subsets, str):
-        if subsets != "shot":
-            raise ValueError(
-                f"subsets must be 'shot', a list of class groups or a dict of named groups; "
-                f"got {subsets!r}."
-            )
-        for name, value in (("many", many), ("few", few)):
-            if not isinstance(value, (int, float, np.number)) or not value >= 0:
-                raise ValueError(f"{name} must be a number >= 0, got {value!r}.")
-        groups = frequency_groups(np.asarray(counts), many=many, few=few)
-        return {_SHOT_NAMES[k]: np.sort(v) for k, v in groups.items() if len(v)}
-    if isinstance(subsets, Mapping):
-        named = [(str(k), v) for k, v in subsets.items()]
-    elif isinstance(subsets, Sequence) and not isinstance(subsets, (bytes, np.ndarray)):
-        named = [(f"subset{i}", v) for i, v in enumerate(subsets)]
-    else:
-        raise ValueError(
-            f"subsets must be 'shot', a list of class groups or a dict of named groups; "
-            f"got {type(subsets).__name__}."
-        )
-    if not named:
-        raise ValueError("subsets is empty: give at least one group of classes.")
-    lookup: dict[Any, int] = {}
-    if label_names is not None:
-        if len(label_names) != n_classes:
-            raise ValueError(
-                f"label_names has {len(label_names)} names but there are {n_classes} classes."
-            )
-        lookup.update({str(n): i for i, n in enumerate(label_names)})
-    for i, c in enumerate(classes.tolist()):
-        lookup[c] = i
-        lookup.setdefault(str(c), i)
-    out: dict[str, np.ndarray] = {}
-    owner: dict[int, str] = {}
-    for name, group in named:
-        if isinstance(group, (str, bytes)) or not isinstance(group, Sequence | np.ndarray):
-            group = [group]
-        members = list(np.asarray(group, dtype=object).ravel()) if len(group) else []
-        if not members:
-            raise ValueError(f"subsets: group {name!r} is empty; every group needs a class.")
-        idx = []
-        for m in members:
-            key = m.item() if isinstance(m, np.generic) else m
-            if key not in lookup:
-                raise ValueError(
-                    f"subsets: group {name!r} names class {key!r}, which is not among the "
-                    f"classes {classes.tolist()}"
-                    + (f" or label_names {list(label_names)}" if label_names is not None else "")
-                    + "."
-                )
-            k = lookup[key]
-            if k in owner:
-                raise ValueError(
-                    f"subsets: class {classes[k].item()!r} is in both group {owner[k]!r} and "
-                    f"group {name!r}; groups must not overlap."
-                )
-            owner[k] = name
-            idx.append(k)
-        out[name] = np.sort(np.asarray(idx, dtype=np.int64))
-    return out
 
 
 def binary_log_probs(
@@ -380,3 +266,36 @@ def per_class_scores(y_true: np.ndarray, scores: np.ndarray, metric: str = "ap")
                 out[c] = float(np.mean(pred[truth == c] == c))
         return out
     return np.mean((scores >= 0.5) == y_true.astype(bool), axis=0).astype(np.float64)
+
+
+class EpochWeights(Callback):
+    """Records the epoch's KD weights and recomputes them (Eq. 3) after the epoch.
+
+    The ``"kd_weights"`` callback of :class:`fewmed.longtail._rskd.RelationalSubsetsDistiller`.
+    At every ``on_epoch_end`` of a distilling fit it appends the weights used to
+    ``kd_weights_history_``, scores the student per class on the validation
+    hold-out (``student_scores_history_``) and, for ``kd="relational"``, sets
+    ``kd_weights_`` by :func:`relational_weights` (0 for classes
+    without a teacher); both go to the history (``kd_weights``,
+    ``valid_class_scores``).
+    """
+
+    def on_epoch_end(self, net, **kwargs):
+        state = getattr(net, "_kd_state_", None)
+        if net.kd is None or state is None:
+            return
+        used = np.asarray(net.kd_weights_, dtype=np.float64)
+        net.kd_weights_history_ = np.vstack([net.kd_weights_history_, used])
+        X_valid, truth = state["valid"]
+        scores = np.full(len(net.classes_), np.nan)
+        if len(X_valid):
+            logits = net.forward(ArrayDataset(X_valid), training=False)
+            proba = net._get_predict_nonlinearity()(logits).cpu().numpy()
+            scores = per_class_scores(truth, proba, net.weight_metric)
+        net.student_scores_history_ = np.vstack([net.student_scores_history_, scores])
+        if net.kd == "relational":
+            new = relational_weights(net.teacher_scores_, scores, net.delta)
+            new[~state["has_teacher"]] = 0.0
+            net.kd_weights_ = new
+        net.history.record("kd_weights", used.tolist())
+        net.history.record("valid_class_scores", scores.tolist())

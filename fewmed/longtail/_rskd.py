@@ -27,58 +27,35 @@ from sklearn.utils import check_random_state
 from skorch.utils import to_tensor
 
 from fewmed._dataset import ArrayDataset, collate_batch, sigmoid, softmax
-from fewmed._skorch import ImageNetClassifier
-from fewmed.longtail._distillation import build_subsets, relational_kd_loss
-from fewmed.longtail._teachers import (
-    EpochWeights,
-    ThreadSchedule,
+from fewmed._validation import check_raw_input
+from fewmed.longtail._base import LongTailClassifier
+from fewmed.longtail._distillation import EpochWeights, relational_kd_loss
+from fewmed.longtail._subsets import build_subsets
+from fewmed.longtail._targets import (
     balanced_loader,
     balanced_sample_weights,
-    fit_teachers,
     indicator,
     is_multilabel,
     multilabel_info,
-    teacher_datasets,
-    teacher_log_probs,
-    teacher_scores,
     validation_split,
 )
-from fewmed.losses import class_weights, make_classification_loss
-from fewmed.nn import build_backbone
+from fewmed.longtail._teachers import fit_teachers, teacher_jobs, teacher_log_probs, teacher_scores
 
 __all__ = ["RelationalSubsetsDistiller"]
 
 _KD_OPTIONS = (None, "plain", "relational")
 
 
-def _fit_teacher(params: dict, X: np.ndarray, y: np.ndarray, plan=((0.0, 1),)):
-    """Fit one teacher (a ``kd=None`` distiller), its torch threads following ``plan``.
-
-    ``plan`` is the teacher's :func:`fewmed.longtail._teachers.thread_plan` entry; a
-    :class:`fewmed.longtail._teachers.ThreadSchedule` callback applies it during ``fit`` and
-    is removed from the fitted teacher.
-    """
-    previous = torch.get_num_threads()
-    est = RelationalSubsetsDistiller(**params)
-    callbacks = est.callbacks
-    est.callbacks = [*(callbacks or []), ("thread_schedule", ThreadSchedule(list(plan)))]
-    try:
-        est.fit(X, y)
-    finally:
-        torch.set_num_threads(previous)
-    est.callbacks = callbacks
-    est.callbacks_ = [(n, cb) for n, cb in est.callbacks_ if n != "thread_schedule"]
-    return est
-
-
-class RelationalSubsetsDistiller(ImageNetClassifier):
+class RelationalSubsetsDistiller(LongTailClassifier):
     """Relational-subsets knowledge distillation for long-tailed classification (RSKD).
 
     A skorch :class:`~skorch.NeuralNetClassifier` for images (multi-class ``y`` or a
     multi-label ``{0, 1}`` indicator ``Y``) customised through its hooks: the
     teachers are trained in ``get_split_datasets`` (before the student's first
     epoch), ``get_loss`` adds the distillation terms, and a callback updates the
-    weights at ``on_epoch_end``.
+    weights at ``on_epoch_end``. The parameters shared with CDC (``module``,
+    ``n_filters``, ``loss``, ``gamma``, ``class_weight`` and skorch's) are declared
+    by :class:`fewmed.longtail._base.LongTailClassifier`.
 
     **Subsets and teachers.** ``subsets="shot"`` groups the classes into
     ``"head"`` / ``"medium"`` / ``"tail"`` by training frequency
@@ -92,10 +69,7 @@ class RelationalSubsetsDistiller(ImageNetClassifier):
     other images are all-negative rows). Without the "other" images a teacher
     would never have seen the images it is asked about for most of the data (and
     a one-class subset, such as HAM10000's head ``nv``, could not be trained).
-    Teachers run in parallel (``n_jobs`` joblib *loky* processes, longest
-    first, one torch thread each; once no teacher is waiting, the cores of the
-    finished workers go to the teachers still training, at points planned from
-    the subsets' sizes, so a seed reproduces for a given ``n_jobs``).
+    Teachers run in parallel (see ``n_jobs``).
 
     **Distillation** at temperature ``T``, times ``T**2``, ``KL(teacher || student)``.
     Multi-label (the paper's setting): ``KD_i = T**2 * mean_n KL`` of the binary
@@ -224,7 +198,6 @@ default=None
         self,
         module: Any = "conv4",
         *,
-        n_filters: int | None = None,
         subsets: Any = "shot",
         many: float = 100,
         few: float = 20,
@@ -237,37 +210,11 @@ default=None
         teacher: dict | None = None,
         n_jobs: int | None = None,
         memory: Any = None,
-        loss: str = "ce",
-        gamma: float = 2.0,
-        class_weight: Any = None,
         sampler: str | None = None,
-        augment: Any = False,
-        optimizer: Any = torch.optim.Adam,
-        lr: float = 1e-3,
-        max_epochs: int = 20,
-        batch_size: int = 64,
-        train_split: Any = None,
         predict_nonlinearity: Any = "auto",
-        random_state: Any = None,
-        device: Any = "cpu",
-        verbose: int = 0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            module,
-            optimizer=optimizer,
-            lr=lr,
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            train_split=train_split,
-            predict_nonlinearity=predict_nonlinearity,
-            augment=augment,
-            random_state=random_state,
-            device=device,
-            verbose=verbose,
-            **kwargs,
-        )
-        self.n_filters = n_filters
+        super().__init__(module, predict_nonlinearity=predict_nonlinearity, **kwargs)
         self.subsets = subsets
         self.many = many
         self.few = few
@@ -280,9 +227,6 @@ default=None
         self.teacher = teacher
         self.n_jobs = n_jobs
         self.memory = memory
-        self.loss = loss
-        self.gamma = gamma
-        self.class_weight = class_weight
         self.sampler = sampler
 
     # ------------------------------------------------------------------ params
@@ -290,22 +234,15 @@ default=None
         super()._check_params()
         if self.kd not in _KD_OPTIONS:
             raise ValueError(f"kd must be 'relational', 'plain' or None, got {self.kd!r}.")
-        if self.loss not in ("ce", "focal"):
-            raise ValueError(f"loss must be 'ce' or 'focal', got {self.loss!r}.")
         if self.sampler not in (None, "balanced"):
             raise ValueError(f"sampler must be 'balanced' or None, got {self.sampler!r}.")
         if self.weight_metric not in ("ap", "accuracy"):
             raise ValueError(
                 f"weight_metric must be 'ap' or 'accuracy', got {self.weight_metric!r}."
             )
-        for name in ("temperature", "gamma"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}.")
+        self._check_number("temperature", minimum=None)
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
-        if self.gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {self.gamma}.")
         if not (isinstance(self.delta, (int, float, np.number)) and 0 <= self.delta <= 1):
             raise ValueError(f"delta must be a number in [0, 1], got {self.delta!r}.")
         f = self.validation_fraction
@@ -318,15 +255,6 @@ default=None
             )
         if self.teacher is not None and not isinstance(self.teacher, dict):
             raise ValueError(f"teacher must be a dict of parameters or None, got {self.teacher!r}.")
-        if isinstance(self.class_weight, str) and self.class_weight not in (
-            "balanced",
-            "inverse",
-            "sqrt_inverse",
-        ):
-            raise ValueError(
-                "class_weight must be 'balanced', 'inverse', 'sqrt_inverse', a dict, an array "
-                f"or None; got {self.class_weight!r}."
-            )
 
     def _loss_terms(self) -> tuple[str, ...]:
         return ("train_loss_base", "train_loss_kd") if self.kd is not None else ()
@@ -338,15 +266,6 @@ default=None
         return cbs
 
     # ------------------------------------------------------------------ data
-    @staticmethod
-    def _signature(info: dict) -> tuple:
-        return (
-            tuple(info["input_shape"]),
-            int(info["n_classes"]),
-            bool(info["in_unit_range"]),
-            bool(info.get("multilabel", False)),
-        )
-
     def initialize_module(self):
         """Build the student; a (re)built student gets new teachers in ``get_split_datasets``.
 
@@ -364,7 +283,7 @@ default=None
             super()._check_data(X, y)
             self.data_info_["n_samples"] = int(self.data_info_["class_counts"].sum())
             return
-        self._prevalidate(X, y)
+        check_raw_input(X, y, estimator=type(self).__name__)
         Xc = self._as_array(X)
         Y, info = multilabel_info(Xc, y, self.classes)
         self.multilabel_ = True
@@ -423,38 +342,13 @@ default=None
         return {"split": int(draws[3]), "teachers": int(draws[4])}
 
     # ------------------------------------------------------------------ teachers
-    def _teacher_params(self, seed: int, n_outputs: int) -> dict:
-        params = {
-            "module": self.module,
-            "n_filters": self.n_filters,
-            "optimizer": self.optimizer,
-            "lr": self.lr,
-            "max_epochs": self.max_epochs,
-            "batch_size": self.batch_size,
-            "augment": self.augment,
-            "device": self.device,
-        }
-        params.update({f"module__{k}": v for k, v in self.get_params_for("module").items()})
-        params.update(self.teacher or {})
-        params.update(kd=None, random_state=seed, verbose=0, classes=list(range(n_outputs)))
-        return params
-
     def _teacher_jobs(self, X: np.ndarray, targets: np.ndarray, seed: int) -> list:
-        """``(name, params, X, y, columns)`` per teacher (see :func:`teacher_datasets`)."""
-        jobs, n_classes = [], len(self.classes_)
-        datasets = teacher_datasets(
-            self.subsets_, targets, multilabel=self.multilabel_, n_classes=n_classes, seed=seed
-        )
-        for data in datasets:
-            params = self._teacher_params(data.seed, data.n_outputs)
-            if data.multilabel:
-                params.pop("classes")
-            jobs.append((data.name, params, X[data.rows], data.y, data.columns))
-        return jobs
+        """``(name, params, X, y, columns)`` per teacher (:func:`teacher_jobs`)."""
+        return teacher_jobs(self, X, targets, seed)
 
     def _fit_teachers(self, X: np.ndarray, targets: np.ndarray, seed: int) -> dict:
         jobs = self._teacher_jobs(X, targets, seed)
-        return fit_teachers(jobs, _fit_teacher, n_jobs=self.n_jobs, memory=self.memory)
+        return fit_teachers(jobs, n_jobs=self.n_jobs, memory=self.memory)
 
     def _teacher_log_probs(self, X: Any, temperature: float, y: Any = None) -> torch.Tensor:
         """The teachers' soft targets at ``temperature`` (:func:`teacher_log_probs`)."""
@@ -484,33 +378,7 @@ default=None
             "teacher_lp": precomputed,
         }
 
-    # ------------------------------------------------------------------ building
-    def _build_modules(self, info: dict) -> None:
-        c, h, w = info["input_shape"]
-        self.module_ = build_backbone(
-            self.module,
-            in_channels=c,
-            input_shape=(h, w),
-            n_classes=info["n_classes"],
-            n_filters=self.n_filters,
-            **self.get_params_for("module"),
-        )
-
-    def _build_criteria(self, info: dict | None) -> None:
-        weight = None
-        multilabel = bool(info and info.get("multilabel"))
-        if self.class_weight is not None and info is not None:
-            counts = np.asarray(info["class_counts"])
-            if multilabel:
-                y_like = (np.arange(info["n_samples"])[:, None] < counts[None, :]).astype(int)
-                weight = class_weights(y_like, self.class_weight)
-            else:
-                y_like = np.repeat(np.asarray(self.classes_), counts)
-                weight = class_weights(y_like, self.class_weight, classes=self.classes_)
-        self.criterion_ = make_classification_loss(
-            self.loss, weight=weight, gamma=self.gamma, multilabel=multilabel
-        )
-
+    # ------------------------------------------------------------------ sampling
     def _sampling_weights(self, targets: np.ndarray) -> np.ndarray | None:
         if self.sampler is None:
             return None

@@ -1,26 +1,22 @@
-"""The data side of relational-subsets knowledge distillation (RSKD).
+"""The teachers of relational-subsets knowledge distillation (RSKD): data, training, outputs.
 
-:class:`fewmed.longtail._rskd.RelationalSubsetsDistiller` trains one teacher per class
-subset (:func:`fewmed.longtail._distillation.build_subsets`) and distils the student from them.
-This module holds the work around the subsets, as functions of arrays and of
-the fitted teachers (``fewmed/rskd.py`` keeps the estimator and its skorch hooks):
+:class:`fewmed.longtail.RelationalSubsetsDistiller` trains one teacher per class
+subset (:func:`fewmed.longtail._subsets.build_subsets`) and distils the student
+from them. This module holds the teachers, as functions of arrays and of the
+fitted teachers (the estimator keeps its skorch hooks):
 
-* :func:`validation_split` is the stratified hold-out on which Eq. 3 compares
-  teacher and student (multi-label rows stratified by their rarest label);
-* :func:`teacher_datasets` builds each teacher's training set: the subset's
-  samples plus an "other" share drawn from the rest, with the labels the teacher
-  learns and the columns of its output that stand for the subset's classes;
-  :func:`fit_teachers` trains the teachers in parallel (joblib, loky), cached,
-  giving the cores of finished workers to the teachers still training
-  (:func:`thread_plan`, :class:`ThreadSchedule`);
+* :func:`teacher_datasets` builds each teacher's training set (:class:`TeacherData`):
+  the subset's samples plus an "other" share drawn from the rest, with the labels
+  the teacher learns and the columns of its output that stand for the subset's
+  classes; :func:`teacher_params` gives a teacher the student's parameters it
+  shares, and :func:`teacher_jobs` puts both together for :func:`fit_teachers`;
+* :func:`fit_teachers` trains the teachers in parallel (joblib, loky), cached,
+  each by :func:`_fit_teacher`, giving the cores of finished workers to the
+  teachers still training (:func:`thread_plan`, :class:`ThreadSchedule`);
 * :func:`teacher_logits`, :func:`teacher_class_probs` and
   :func:`teacher_log_probs` map the teachers' outputs back to the student's
   classes (probabilities for Eq. 3, soft targets for the distillation loss);
-  :func:`teacher_scores` is the teachers' side of Eq. 3, and the
-  :class:`EpochWeights` callback the per-epoch update of the weights;
-* :func:`is_multilabel`, :func:`multilabel_info`, :func:`indicator`,
-  :func:`balanced_sample_weights` and :func:`balanced_loader` are helpers on the
-  targets (multi-label ``Y``, one-hot / indicator rows, class-balanced sampling).
+  :func:`teacher_scores` is the teachers' side of Eq. 3.
 """
 
 from __future__ import annotations
@@ -31,31 +27,31 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from joblib import Memory, Parallel, delayed, effective_n_jobs
-from sklearn.model_selection import train_test_split
-from sklearn.utils.multiclass import type_of_target
 from skorch.callbacks import Callback
 from skorch.utils import to_tensor
 
-from fewmed._dataset import ArrayDataset
-from fewmed.longtail._distillation import binary_log_probs, per_class_scores, relational_weights
+from fewmed.longtail._distillation import binary_log_probs, per_class_scores
+
+#: The family's parameters (``LongTailClassifier._family_param_names``) that a teacher
+#: does not take from its student: it learns with plain CE / BCE (no class weights),
+#: with a seed of its own, silently, without a hold-out and with the "auto" output.
+_STUDENT_ONLY = frozenset(
+    ("loss", "gamma", "class_weight", "train_split", "predict_nonlinearity", "random_state")
+    + ("verbose",)
+)
 
 __all__ = [
-    "EpochWeights",
     "TeacherData",
     "ThreadSchedule",
-    "balanced_loader",
-    "balanced_sample_weights",
     "fit_teachers",
-    "indicator",
-    "is_multilabel",
-    "multilabel_info",
     "teacher_class_probs",
     "teacher_datasets",
     "teacher_log_probs",
+    "teacher_jobs",
     "teacher_logits",
+    "teacher_params",
     "teacher_scores",
     "thread_plan",
-    "validation_split",
 ]
 
 
@@ -78,94 +74,6 @@ class TeacherData(NamedTuple):
     """The teacher's ``random_state``."""
 
 
-def is_multilabel(y: Any) -> bool:
-    """Whether ``y`` is a multi-label ``{0, 1}`` indicator matrix (several columns).
-
-    Examples
-    --------
-    >>> is_multilabel(np.array([[1, 0], [1, 1]])), is_multilabel(np.array([0, 1]))
-    (True, False)
-    """
-    if isinstance(y, torch.Tensor):
-        y = y.detach().cpu().numpy()
-    y = np.asarray(y)
-    return y.ndim == 2 and y.shape[1] > 1 and type_of_target(y) == "multilabel-indicator"
-
-
-def multilabel_info(Xc: np.ndarray, Y: Any, classes: Any = None) -> tuple[np.ndarray, dict]:
-    """Check an indicator ``Y`` against images ``Xc``; ``Y`` as float32 and the data facts.
-
-    The facts are those of ``ImageNetClassifier.check_data`` (``input_shape``,
-    ``n_classes``, ``class_counts``: positives per label, ``in_unit_range``) plus
-    ``multilabel=True`` and ``n_samples``.
-
-    Examples
-    --------
-    >>> Y, info = multilabel_info(np.zeros((2, 1, 4, 4)), np.array([[1, 0], [1, 1]]))
-    >>> Y.dtype, info["class_counts"].tolist(), info["n_samples"]
-    (dtype('float32'), [2, 1], 2)
-    """
-    Y = np.asarray(Y.detach().cpu().numpy() if isinstance(Y, torch.Tensor) else Y)
-    if len(Y) != len(Xc):
-        raise ValueError(f"X has {len(Xc)} samples but Y has {len(Y)}: they must match.")
-    n_labels = Y.shape[1]
-    if classes is not None and len(classes) != n_labels:
-        raise ValueError(f"classes has {len(classes)} entries but Y has {n_labels} columns.")
-    Y = Y.astype(np.float32)
-    info = {
-        "input_shape": tuple(int(v) for v in Xc.shape[1:]),
-        "n_classes": n_labels,
-        "class_counts": Y.sum(axis=0).astype(np.int64),
-        "in_unit_range": bool(Xc.min() >= 0.0 and Xc.max() <= 1.0),
-        "multilabel": True,
-        "n_samples": len(Y),
-    }
-    return Y, info
-
-
-def indicator(targets: np.ndarray, multilabel: bool, n_classes: int) -> np.ndarray:
-    """``{0, 1}`` rows ``(n, n_classes)``: the indicator itself, or one-hot codes.
-
-    Examples
-    --------
-    >>> indicator(np.array([1, 0]), False, 3).tolist()
-    [[0, 1, 0], [1, 0, 0]]
-    """
-    if multilabel:
-        return np.asarray(targets).astype(np.int64)
-    return np.eye(n_classes, dtype=np.int64)[np.asarray(targets)]
-
-
-def validation_split(
-    targets: np.ndarray, fraction: float, seed: int, multilabel: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted ``(train, valid)`` indices, ``valid`` a ``fraction`` (at least one sample).
-
-    Stratified on the class codes, or for an indicator ``targets`` on each row's
-    rarest positive label (rows without one form a stratum); not stratified when
-    a stratum has a single sample or the hold-out cannot hold every stratum.
-
-    Examples
-    --------
-    >>> train, valid = validation_split(np.repeat([0, 1], 10), 0.2, seed=0)
-    >>> len(train), np.bincount(np.repeat([0, 1], 10)[valid]).tolist()
-    (16, [2, 2])
-    """
-    n = len(targets)
-    idx = np.arange(n)
-    n_valid = max(1, int(round(fraction * n)))
-    if multilabel:  # stratify on each row's rarest positive label
-        counts = targets.sum(axis=0)
-        rank = np.where(targets > 0, counts[None, :], np.inf)
-        strata = np.where(targets.any(axis=1), rank.argmin(axis=1), -1)
-    else:
-        strata = targets
-    _, sizes = np.unique(strata, return_counts=True)
-    stratify = strata if sizes.min() >= 2 and len(sizes) <= n_valid <= n - len(sizes) else None
-    train, valid = train_test_split(idx, test_size=n_valid, stratify=stratify, random_state=seed)
-    return np.sort(train), np.sort(valid)
-
-
 def teacher_datasets(
     subsets: Mapping[str, np.ndarray],
     targets: np.ndarray,
@@ -186,7 +94,7 @@ def teacher_datasets(
     Parameters
     ----------
     subsets : mapping of str to ndarray
-        Subset name -> class indices (:func:`fewmed.longtail._distillation.build_subsets`).
+        Subset name -> class indices (:func:`fewmed.longtail._subsets.build_subsets`).
     targets : ndarray of shape (n,) or (n, n_classes)
         Class codes or a ``{0, 1}`` indicator.
     multilabel : bool
@@ -239,6 +147,46 @@ def teacher_datasets(
                 "subsets with several classes or leave classes outside them."
             )
         yield TeacherData(name, rows, yt, n_out, columns, ml, int(rng.randint(0, 2**31 - 1)))
+
+
+def teacher_params(student: Any, seed: int, n_outputs: int) -> dict:
+    """A teacher's parameters: its student's, but for a seed and outputs of its own.
+
+    The student's family parameters (those ``LongTailClassifier`` and
+    ``ImageNetClassifier`` declare) but ``loss``, ``gamma``, ``class_weight``,
+    ``train_split``, ``predict_nonlinearity``, ``random_state`` and ``verbose``,
+    with its ``module__*`` parameters; then the student's ``teacher`` dict; then
+    ``kd=None``, ``random_state=seed``, ``verbose=0`` and ``classes=range(n_outputs)``.
+    """
+    names = [n for n in student._family_param_names() if n not in _STUDENT_ONLY]
+    params = {name: getattr(student, name) for name in names}
+    params.update({f"module__{k}": v for k, v in student.get_params_for("module").items()})
+    params.update(student.teacher or {})
+    params.update(kd=None, random_state=seed, verbose=0, classes=list(range(n_outputs)))
+    return params
+
+
+def teacher_jobs(student: Any, X: np.ndarray, targets: np.ndarray, seed: int) -> list[tuple]:
+    """``(name, params, X, y, columns)`` per teacher of a fitting ``student``.
+
+    The student has its ``subsets_``, ``classes_`` and ``multilabel_``; each job is a
+    :func:`teacher_datasets` entry with the teacher's :func:`teacher_params`
+    (multi-label teachers without ``classes``), ready for :func:`fit_teachers`.
+    """
+    jobs = []
+    datasets = teacher_datasets(
+        student.subsets_,
+        targets,
+        multilabel=student.multilabel_,
+        n_classes=len(student.classes_),
+        seed=seed,
+    )
+    for data in datasets:
+        params = teacher_params(student, data.seed, data.n_outputs)
+        if data.multilabel:
+            params.pop("classes")
+        jobs.append((data.name, params, X[data.rows], data.y, data.columns))
+    return jobs
 
 
 def _longest_first(work: Sequence[float]) -> list[int]:
@@ -331,28 +279,51 @@ class ThreadSchedule(Callback):
             torch.set_num_threads(self.previous_)
 
 
+def _fit_teacher(params: dict, X: np.ndarray, y: np.ndarray, plan=((0.0, 1),)):
+    """Fit one teacher (a ``kd=None`` distiller), its torch threads following ``plan``.
+
+    ``plan`` is the teacher's :func:`thread_plan` entry; a :class:`ThreadSchedule`
+    callback applies it during ``fit`` and is removed from the fitted teacher.
+    """
+    from fewmed.longtail._rskd import RelationalSubsetsDistiller  # a teacher is a distiller
+
+    previous = torch.get_num_threads()
+    est = RelationalSubsetsDistiller(**params)
+    callbacks = est.callbacks
+    est.callbacks = [*(callbacks or []), ("thread_schedule", ThreadSchedule(list(plan)))]
+    try:
+        est.fit(X, y)
+    finally:
+        torch.set_num_threads(previous)
+    est.callbacks = callbacks
+    est.callbacks_ = [(n, cb) for n, cb in est.callbacks_ if n != "thread_schedule"]
+    return est
+
+
 def fit_teachers(
     jobs: Sequence[tuple],
-    fit: Callable,
+    fit: Callable | None = None,
     *,
     n_jobs: int | None = None,
     memory: Any = None,
 ) -> dict[str, Any]:
     """Fit the teachers of ``jobs`` (``(name, params, X, y, columns)``), in parallel.
 
-    ``fit(params, X, y, plan)`` fits one teacher following ``plan``, its
-    :func:`thread_plan` entry (``[(fraction done, torch threads), ...]``): the
-    jobs run longest first in ``n_jobs`` joblib *loky* workers with one torch
-    thread each, and when the queue is empty the cores of finished workers go to
-    the teachers still training (the work of a job is its number of samples).
-    They run through ``memory`` (a path or :class:`joblib.Memory`) when given.
-    Each fitted teacher gets ``subset_columns_`` (its job's ``columns``).
+    ``fit(params, X, y, plan)`` (default: :func:`_fit_teacher`) fits one teacher
+    following ``plan``, its :func:`thread_plan` entry (``[(fraction done, torch
+    threads), ...]``): the jobs run longest first in ``n_jobs`` joblib *loky*
+    workers with one torch thread each, and when the queue is empty the cores of
+    finished workers go to the teachers still training (the work of a job is its
+    number of samples). They run through ``memory`` (a path or
+    :class:`joblib.Memory`) when given. Each fitted teacher gets
+    ``subset_columns_`` (its job's ``columns``).
 
     Returns
     -------
     dict
         Name -> fitted teacher, in the order of ``jobs``.
     """
+    fit = _fit_teacher if fit is None else fit
     if memory is not None:
         memory = memory if isinstance(memory, Memory) else Memory(memory, verbose=0)
         fit = memory.cache(fit, ignore=["plan"])
@@ -486,78 +457,3 @@ def teacher_scores(
         proba = teacher_class_probs(teachers, subsets, X_valid, n_classes, device)
         scores[has_teacher] = per_class_scores(truth, np.nan_to_num(proba), metric)[has_teacher]
     return has_teacher, scores
-
-
-class EpochWeights(Callback):
-    """Records the epoch's KD weights and recomputes them (Eq. 3) after the epoch.
-
-    The ``"kd_weights"`` callback of :class:`fewmed.longtail._rskd.RelationalSubsetsDistiller`.
-    At every ``on_epoch_end`` of a distilling fit it appends the weights used to
-    ``kd_weights_history_``, scores the student per class on the validation
-    hold-out (``student_scores_history_``) and, for ``kd="relational"``, sets
-    ``kd_weights_`` by :func:`fewmed.longtail._distillation.relational_weights` (0 for classes
-    without a teacher); both go to the history (``kd_weights``,
-    ``valid_class_scores``).
-    """
-
-    def on_epoch_end(self, net, **kwargs):
-        state = getattr(net, "_kd_state_", None)
-        if net.kd is None or state is None:
-            return
-        used = np.asarray(net.kd_weights_, dtype=np.float64)
-        net.kd_weights_history_ = np.vstack([net.kd_weights_history_, used])
-        X_valid, truth = state["valid"]
-        scores = np.full(len(net.classes_), np.nan)
-        if len(X_valid):
-            logits = net.forward(ArrayDataset(X_valid), training=False)
-            proba = net._get_predict_nonlinearity()(logits).cpu().numpy()
-            scores = per_class_scores(truth, proba, net.weight_metric)
-        net.student_scores_history_ = np.vstack([net.student_scores_history_, scores])
-        if net.kd == "relational":
-            new = relational_weights(net.teacher_scores_, scores, net.delta)
-            new[~state["has_teacher"]] = 0.0
-            net.kd_weights_ = new
-        net.history.record("kd_weights", used.tolist())
-        net.history.record("valid_class_scores", scores.tolist())
-
-
-def balanced_sample_weights(targets: np.ndarray, multilabel: bool, n_classes: int) -> np.ndarray:
-    """Class-balanced sampling weights: ``1 / count`` of a sample's class.
-
-    A multi-label row gets the weight of its rarest positive label; rows without
-    a positive share one class's worth of weight.
-
-    Examples
-    --------
-    >>> balanced_sample_weights(np.array([0, 0, 0, 1]), False, 2).round(2).tolist()
-    [0.33, 0.33, 0.33, 1.0]
-    """
-    if multilabel:
-        counts = targets.sum(axis=0)
-        inv = np.where(targets > 0, 1.0 / np.maximum(counts, 1)[None, :], 0.0).max(axis=1)
-        none = inv == 0
-        inv[none] = 1.0 / max(int(none.sum()), 1)
-        return inv
-    counts = np.bincount(targets, minlength=n_classes)
-    return 1.0 / counts[targets]
-
-
-def balanced_loader(
-    dataset: torch.utils.data.Dataset,
-    weights: np.ndarray,
-    batch_size: int,
-    seed: int,
-    collate_fn: Callable | None = None,
-) -> torch.utils.data.DataLoader:
-    """A seeded ``DataLoader`` drawing ``len(dataset)`` samples with ``weights``.
-
-    ``batch_size=-1`` gives one batch of the whole epoch.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    sampler = torch.utils.data.WeightedRandomSampler(
-        torch.as_tensor(weights, dtype=torch.double), len(dataset), generator=generator
-    )
-    batch_size = len(dataset) if batch_size == -1 else batch_size
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn
-    )

@@ -1,33 +1,32 @@
-"""Backbones (Conv4, a small ResNet) and a decoder builder.
+"""fewmed's backbones (Conv4, a small ResNet, VGG) and ``build_backbone``.
 
-Every fewmed backbone follows one small protocol so estimators can reuse it:
-
-* ``forward_features(x)`` returns the feature map ``(N, C, h, w)``;
-* ``forward_head(fmap)`` turns a feature map into logits;
-* ``forward(x) == forward_head(forward_features(x))``;
-* ``feature_shape`` is ``(C, h, w)`` for the ``input_shape`` it was built for, and
-  ``head`` is the final ``nn.Linear`` (replaced when a new task has other classes).
+Every backbone follows :class:`fewmed.nn.BackboneProtocol` so estimators can reuse
+it: ``forward_features(x)`` gives the feature map ``(N, C, h, w)``,
+``forward_head(fmap)`` the logits, ``embed(fmap)`` vectors, ``reset_head`` a new
+head, ``feature_shape`` ``(C, h, w)`` for ``input_shape``. Any other torch module
+is wrapped in :class:`fewmed.nn.BackboneAdapter` by :func:`build_backbone`.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from ._adapter import BackboneAdapter, factory_kwargs, takes_fewmed_arguments
 from ._functional import batch_norm_train, max_pool2d_gather
+from ._protocol import follows_protocol
 
 __all__ = [
     "Conv4",
     "ResNet",
     "VGG",
-    "Decoder",
     "ReferenceBatchNorm2d",
     "IndexMaxPool2d",
     "build_backbone",
-    "make_decoder",
     "BACKBONES",
 ]
 
@@ -402,122 +401,75 @@ class VGG(_Backbone):
         return self.head(self.dropout(self.embed(fmap)))
 
 
-class Decoder(nn.Module):
-    """Reconstruct an image ``(C, H, W)`` from a feature map ``(c, h, w)``.
-
-    ``n_blocks`` blocks of [bilinear upsampling, 3x3 convolution, BatchNorm, ReLU]
-    bring the map to the input size on a geometric schedule; a final 3x3
-    convolution maps to the image channels, followed by ``output`` (``"sigmoid"``
-    for images in [0, 1]). This is the "2 (de)convolution blocks" decoder of CDC.
-    With ``scale < 1`` the blocks and the final convolution work at ``scale``
-    times the input size and a parameter-free bilinear upsampling restores it:
-    the full-resolution convolutions are what makes the decoder expensive.
-
-    Parameters
-    ----------
-    feature_shape : (int, int, int)
-        ``(c, h, w)`` of the backbone's feature map.
-    output_shape : (int, int, int)
-        ``(C, H, W)`` of the images to reconstruct.
-    n_blocks : int, default=2
-    n_filters : int or None, default=None
-        Width of the blocks; ``None`` halves ``c`` at every block (at least 8).
-    output : {"sigmoid", None}, default="sigmoid"
-    scale : float in (0, 1], default=1.0
-        Resolution of the blocks relative to the output.
-
-    Examples
-    --------
-    >>> import torch
-    >>> dec = Decoder((64, 1, 1), (3, 28, 28))
-    >>> dec(torch.zeros(2, 64, 1, 1)).shape
-    torch.Size([2, 3, 28, 28])
-    >>> Decoder((64, 1, 1), (3, 28, 28), scale=0.5)(torch.zeros(2, 64, 1, 1)).shape
-    torch.Size([2, 3, 28, 28])
-    """
-
-    def __init__(
-        self,
-        feature_shape: Sequence[int],
-        output_shape: Sequence[int],
-        n_blocks: int = 2,
-        n_filters: int | None = None,
-        output: str | None = "sigmoid",
-        scale: float = 1.0,
-    ) -> None:
-        super().__init__()
-        if n_blocks < 1:
-            raise ValueError(f"n_blocks must be >= 1, got {n_blocks}.")
-        if not 0 < scale <= 1:
-            raise ValueError(f"scale must be in (0, 1], got {scale}.")
-        c, h, w = (int(v) for v in feature_shape)
-        C, H_out, W_out = (int(v) for v in output_shape)
-        self.output_shape = (C, H_out, W_out)
-        H, W = max(1, round(H_out * scale)), max(1, round(W_out * scale))
-        blocks: list[nn.Module] = []
-        for i in range(1, n_blocks + 1):
-            frac = i / n_blocks
-            size = (
-                max(1, round(h * (H / h) ** frac)) if h else H,
-                max(1, round(w * (W / w) ** frac)) if w else W,
-            )
-            c_out = n_filters or max(8, c // 2)
-            blocks += [
-                nn.Upsample(size=size, mode="bilinear", align_corners=False),
-                nn.Conv2d(c, c_out, 3, padding=1),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(),
-            ]
-            c = c_out
-        blocks.append(nn.Conv2d(c, C, 3, padding=1))
-        if (H, W) != (H_out, W_out):
-            blocks.append(nn.Upsample(size=(H_out, W_out), mode="bilinear", align_corners=False))
-        if output == "sigmoid":
-            blocks.append(nn.Sigmoid())
-        elif output is not None:
-            raise ValueError(f"output must be 'sigmoid' or None, got {output!r}.")
-        self.net = nn.Sequential(*blocks)
-
-    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
-        return self.net(fmap)
-
-
 BACKBONES: dict[str, type[_Backbone]] = {"conv4": Conv4, "resnet": ResNet, "vgg": VGG}
 
 
 def build_backbone(
-    module: str | type[nn.Module] | nn.Module,
+    module: str | type[nn.Module] | nn.Module | Callable[..., nn.Module],
     *,
     in_channels: int,
     input_shape: int | Sequence[int],
     n_classes: int | None,
     n_filters: int | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> nn.Module:
-    """Build a backbone from a name, a class or an instance.
+    """Build a backbone that follows :class:`BackboneProtocol` from what ``module=`` says.
 
     Parameters
     ----------
-    module : {"conv4", "resnet", "resnet18", "vgg"} or nn.Module subclass or instance
-        A name, a class (called with ``in_channels``, ``n_classes``,
-        ``input_shape``, ``n_filters`` and ``kwargs``) or an instance (deep-copied,
-        so the user's object is never trained in place).
+    module : str, nn.Module class, factory or nn.Module instance
+        * a name, ``"conv4"``, ``"resnet"``, ``"resnet18"`` or ``"vgg"``: that
+          fewmed backbone, called with ``in_channels``, ``n_classes``,
+          ``input_shape``, ``n_filters`` and ``kwargs``;
+        * a class taking ``in_channels``, ``n_classes`` and ``input_shape`` (fewmed's
+          backbones and classes written like them): called in the same way;
+        * any other class or factory: called with ``kwargs`` only (the estimator's
+          ``module__<name>`` arguments) and wrapped in :class:`BackboneAdapter`;
+        * an instance that follows the protocol: deep-copied (the user's object is
+          never trained in place), with a new head when ``n_classes`` differs from
+          its ``n_classes``;
+        * any other instance: deep-copied and wrapped in :class:`BackboneAdapter`.
     in_channels, input_shape, n_classes, n_filters
-        Shape of the problem; ``n_filters=None`` keeps the backbone's default.
+        Shape of the problem: channels, ``(H, W)`` (or one int), outputs of the
+        head (``None``: keep an instance's head, no head for a name),
+        ``n_filters=None`` keeps the backbone's default. Only fewmed's backbones
+        (and classes taking fewmed's arguments) receive ``n_filters``.
     **kwargs
-        Further keyword arguments for the class.
+        Further keyword arguments for the class or factory. fewmed's backbone
+        options ``norm`` and ``track_running_stats`` reach another factory only if
+        its signature names them (``norm="reference"`` never does).
 
     Returns
     -------
     nn.Module
 
+    Raises
+    ------
+    TypeError
+        ``module`` is none of the above (e.g. ``module=42``).
+    ValueError
+        An unknown name, or a module that cannot process the images.
+
     Examples
     --------
     >>> build_backbone("conv4", in_channels=1, input_shape=28, n_classes=2).head
     Linear(in_features=64, out_features=2, bias=True)
+    >>> from torch import nn
+    >>> mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.ReLU(), nn.Linear(16, 4))
+    >>> net = build_backbone(mlp, in_channels=3, input_shape=8, n_classes=2)
+    >>> type(net).__name__, net.head, net.feature_shape
+    ('BackboneAdapter', Linear(in_features=16, out_features=2, bias=True), (16, 1, 1))
     """
+    shape = (int(in_channels), *_pair(input_shape))
     if isinstance(module, nn.Module):
-        return copy.deepcopy(module)
+        if not follows_protocol(module):
+            return BackboneAdapter(module, input_shape=shape, n_classes=n_classes)
+        net = copy.deepcopy(module)
+        if isinstance(net, BackboneAdapter) and net.input_shape != shape:
+            net._set_input_shape(shape)
+        if n_classes is not None and getattr(net, "n_classes", None) != n_classes:
+            net.reset_head(n_classes)
+        return net
     if isinstance(module, str):
         name = module.lower()
         if name == "resnet18":
@@ -529,28 +481,17 @@ def build_backbone(
                 f"{sorted([*BACKBONES, 'resnet18'])}, an nn.Module class or an instance."
             )
         module = BACKBONES[name]
-    if not (isinstance(module, type) and issubclass(module, nn.Module)):
-        raise ValueError(
-            f"module must be a backbone name, an nn.Module class or instance; got {module!r}."
+    if takes_fewmed_arguments(module):
+        if n_filters is not None:
+            kwargs["n_filters"] = n_filters
+        return module(
+            in_channels=in_channels, n_classes=n_classes, input_shape=input_shape, **kwargs
         )
-    if n_filters is not None:
-        kwargs["n_filters"] = n_filters
-    return module(in_channels=in_channels, n_classes=n_classes, input_shape=input_shape, **kwargs)
-
-
-def make_decoder(backbone: nn.Module, n_blocks: int = 2, **kwargs) -> Decoder:
-    """Build the :class:`Decoder` matching a fewmed-protocol backbone.
-
-    Examples
-    --------
-    >>> import torch
-    >>> net = Conv4(in_channels=3, n_classes=7, n_filters=16, input_shape=28)
-    >>> make_decoder(net)(net.forward_features(torch.zeros(1, 3, 28, 28))).shape
-    torch.Size([1, 3, 28, 28])
-    """
-    if not hasattr(backbone, "feature_shape") or not hasattr(backbone, "input_shape"):
-        raise ValueError(
-            "the backbone must expose feature_shape and input_shape (the fewmed backbone "
-            "protocol: forward_features / forward_head); wrap your module accordingly."
+    if not callable(module):
+        raise TypeError(
+            "module must be a backbone name, an nn.Module class or factory, or an nn.Module "
+            f"instance; got {module!r}."
         )
-    return Decoder(backbone.feature_shape, backbone.input_shape, n_blocks=n_blocks, **kwargs)
+    return BackboneAdapter(
+        module, input_shape=shape, n_classes=n_classes, module_kwargs=factory_kwargs(module, kwargs)
+    )

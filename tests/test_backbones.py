@@ -1,13 +1,10 @@
-"""Input validation, backbones, decoder, reference BatchNorm and augmentation."""
+"""fewmed's backbones, build_backbone, the decoder and reference BatchNorm (fewmed/nn)."""
 
-import numpy as np
 import pytest
 import torch
 
-from fewmed._validation import check_image_shape, check_images, resolve_device
 from fewmed.nn import (
     VGG,
-    Augment,
     Conv4,
     Decoder,
     ReferenceBatchNorm2d,
@@ -15,43 +12,6 @@ from fewmed.nn import (
     build_backbone,
     make_decoder,
 )
-
-
-def test_check_images_layouts():
-    u8 = np.full((2, 5, 6, 3), 255, dtype=np.uint8)
-    out = check_images(u8)
-    assert out.shape == (2, 3, 5, 6) and out.dtype == np.float32 and out.max() == 1.0
-    assert check_images(np.zeros((2, 5, 6), dtype=np.uint8)).shape == (2, 1, 5, 6)
-    assert check_images(np.zeros((2, 3, 5, 6), dtype=np.float32)).shape == (2, 3, 5, 6)
-    assert check_images(torch.zeros(2, 1, 4, 4)).shape == (2, 1, 4, 4)
-    assert check_images(np.zeros((3, 7))).shape == (3, 1, 1, 7)
-
-
-@pytest.mark.parametrize(
-    "bad, match",
-    [
-        (np.array([[np.nan, 1.0]]), "NaN"),
-        (np.zeros((0, 3, 4, 4)), "empty"),
-        (np.zeros(5), "1-D"),
-        (np.zeros((1, 1, 1, 1, 1)), "dimensions"),
-        (np.array([["a", "b"]]), "numeric"),
-    ],
-)
-def test_check_images_errors(bad, match):
-    with pytest.raises(ValueError, match=match):
-        check_images(bad)
-
-
-def test_check_image_shape_says_what_to_do():
-    with pytest.raises(ValueError, match="resize to 28x28 with 3 channel"):
-        check_image_shape(np.zeros((1, 1, 28, 28)), (3, 28, 28))
-
-
-def test_resolve_device_without_gpu():
-    assert resolve_device("cpu").type == "cpu"
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no GPU"):
-            resolve_device("cuda")
 
 
 @pytest.mark.parametrize("size", [1, 5, 28, (30, 44), 84])
@@ -158,29 +118,3 @@ def test_reference_batchnorm_uses_reference_statistics():
     ref = torch.nn.functional.batch_norm(support, None, None, training=True)
     torch.testing.assert_close(bn(support), ref)
     assert list(bn.buffers()) == []  # nothing carried between tasks
-
-
-def test_augment_identity_flip_and_seed():
-    x = torch.rand(3, 3, 16, 16)
-    ident = Augment(scale=(1, 1), rotation=0, hflip=False, vflip=False, translate=False)
-    torch.testing.assert_close(ident(x), x, atol=1e-5, rtol=0)
-    flip = Augment(scale=(1, 1), rotation=0, hflip=True, vflip=False, translate=False)
-    out = flip(x, generator=torch.Generator().manual_seed(1))
-    for i in range(3):
-        assert torch.allclose(out[i], x[i], atol=1e-5) or torch.allclose(
-            out[i], x[i].flip(-1), atol=1e-5
-        )
-    aug = Augment()
-    a = aug(x, generator=torch.Generator().manual_seed(0))
-    b = aug(x, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(a, b)
-    assert not torch.allclose(a, x)
-    with pytest.raises(ValueError, match="scale"):
-        Augment(scale=(2, 1))
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_augment_and_conv4_on_gpu():  # pragma: no cover - no GPU in CI
-    x = torch.rand(2, 3, 28, 28, device="cuda")
-    assert Augment()(x).device.type == "cuda"
-    assert Conv4(n_classes=2).cuda()(x).device.type == "cuda"

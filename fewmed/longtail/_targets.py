@@ -1,0 +1,163 @@
+"""The targets of the long-tailed family: multi-label ``Y``, indicator rows, hold-out, sampling.
+
+Helpers on labels as :class:`fewmed.longtail.RelationalSubsetsDistiller` receives
+them (class codes ``0..n_classes-1`` or a multi-label ``{0, 1}`` indicator):
+
+* :func:`is_multilabel` tells an indicator ``Y`` from class labels;
+  :func:`multilabel_info` checks it and gives the data facts that
+  ``ImageNetClassifier.check_data`` records for class labels;
+* :func:`indicator` gives ``{0, 1}`` rows for either (one-hot for codes);
+* :func:`validation_split` is the stratified hold-out on which Eq. 3 compares
+  teacher and student (multi-label rows stratified by their rarest label);
+* :func:`balanced_sample_weights` and :func:`balanced_loader` are class-balanced
+  re-sampling (the RS baseline), seeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+from sklearn.utils.multiclass import type_of_target
+
+__all__ = [
+    "balanced_loader",
+    "balanced_sample_weights",
+    "indicator",
+    "is_multilabel",
+    "multilabel_info",
+    "validation_split",
+]
+
+
+def is_multilabel(y: Any) -> bool:
+    """Whether ``y`` is a multi-label ``{0, 1}`` indicator matrix (several columns).
+
+    Examples
+    --------
+    >>> is_multilabel(np.array([[1, 0], [1, 1]])), is_multilabel(np.array([0, 1]))
+    (True, False)
+    """
+    if isinstance(y, torch.Tensor):
+        y = y.detach().cpu().numpy()
+    y = np.asarray(y)
+    return y.ndim == 2 and y.shape[1] > 1 and type_of_target(y) == "multilabel-indicator"
+
+
+def multilabel_info(Xc: np.ndarray, Y: Any, classes: Any = None) -> tuple[np.ndarray, dict]:
+    """Check an indicator ``Y`` against images ``Xc``; ``Y`` as float32 and the data facts.
+
+    The facts are those of ``ImageNetClassifier.check_data`` (``input_shape``,
+    ``n_classes``, ``class_counts``: positives per label, ``in_unit_range``) plus
+    ``multilabel=True`` and ``n_samples``.
+
+    Examples
+    --------
+    >>> Y, info = multilabel_info(np.zeros((2, 1, 4, 4)), np.array([[1, 0], [1, 1]]))
+    >>> Y.dtype, info["class_counts"].tolist(), info["n_samples"]
+    (dtype('float32'), [2, 1], 2)
+    """
+    Y = np.asarray(Y.detach().cpu().numpy() if isinstance(Y, torch.Tensor) else Y)
+    if len(Y) != len(Xc):
+        raise ValueError(f"X has {len(Xc)} samples but Y has {len(Y)}: they must match.")
+    n_labels = Y.shape[1]
+    if classes is not None and len(classes) != n_labels:
+        raise ValueError(f"classes has {len(classes)} entries but Y has {n_labels} columns.")
+    Y = Y.astype(np.float32)
+    info = {
+        "input_shape": tuple(int(v) for v in Xc.shape[1:]),
+        "n_classes": n_labels,
+        "class_counts": Y.sum(axis=0).astype(np.int64),
+        "in_unit_range": bool(Xc.min() >= 0.0 and Xc.max() <= 1.0),
+        "multilabel": True,
+        "n_samples": len(Y),
+    }
+    return Y, info
+
+
+def indicator(targets: np.ndarray, multilabel: bool, n_classes: int) -> np.ndarray:
+    """``{0, 1}`` rows ``(n, n_classes)``: the indicator itself, or one-hot codes.
+
+    Examples
+    --------
+    >>> indicator(np.array([1, 0]), False, 3).tolist()
+    [[0, 1, 0], [1, 0, 0]]
+    """
+    if multilabel:
+        return np.asarray(targets).astype(np.int64)
+    return np.eye(n_classes, dtype=np.int64)[np.asarray(targets)]
+
+
+def validation_split(
+    targets: np.ndarray, fraction: float, seed: int, multilabel: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ``(train, valid)`` indices, ``valid`` a ``fraction`` (at least one sample).
+
+    Stratified on the class codes, or for an indicator ``targets`` on each row's
+    rarest positive label (rows without one form a stratum); not stratified when
+    a stratum has a single sample or the hold-out cannot hold every stratum.
+
+    Examples
+    --------
+    >>> train, valid = validation_split(np.repeat([0, 1], 10), 0.2, seed=0)
+    >>> len(train), np.bincount(np.repeat([0, 1], 10)[valid]).tolist()
+    (16, [2, 2])
+    """
+    n = len(targets)
+    idx = np.arange(n)
+    n_valid = max(1, int(round(fraction * n)))
+    if multilabel:  # stratify on each row's rarest positive label
+        counts = targets.sum(axis=0)
+        rank = np.where(targets > 0, counts[None, :], np.inf)
+        strata = np.where(targets.any(axis=1), rank.argmin(axis=1), -1)
+    else:
+        strata = targets
+    _, sizes = np.unique(strata, return_counts=True)
+    stratify = strata if sizes.min() >= 2 and len(sizes) <= n_valid <= n - len(sizes) else None
+    train, valid = train_test_split(idx, test_size=n_valid, stratify=stratify, random_state=seed)
+    return np.sort(train), np.sort(valid)
+
+
+def balanced_sample_weights(targets: np.ndarray, multilabel: bool, n_classes: int) -> np.ndarray:
+    """Class-balanced sampling weights: ``1 / count`` of a sample's class.
+
+    A multi-label row gets the weight of its rarest positive label; rows without
+    a positive share one class's worth of weight.
+
+    Examples
+    --------
+    >>> balanced_sample_weights(np.array([0, 0, 0, 1]), False, 2).round(2).tolist()
+    [0.33, 0.33, 0.33, 1.0]
+    """
+    if multilabel:
+        counts = targets.sum(axis=0)
+        inv = np.where(targets > 0, 1.0 / np.maximum(counts, 1)[None, :], 0.0).max(axis=1)
+        none = inv == 0
+        inv[none] = 1.0 / max(int(none.sum()), 1)
+        return inv
+    counts = np.bincount(targets, minlength=n_classes)
+    return 1.0 / counts[targets]
+
+
+def balanced_loader(
+    dataset: torch.utils.data.Dataset,
+    weights: np.ndarray,
+    batch_size: int,
+    seed: int,
+    collate_fn: Callable | None = None,
+) -> torch.utils.data.DataLoader:
+    """A seeded ``DataLoader`` drawing ``len(dataset)`` samples with ``weights``.
+
+    ``batch_size=-1`` gives one batch of the whole epoch.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    sampler = torch.utils.data.WeightedRandomSampler(
+        torch.as_tensor(weights, dtype=torch.double), len(dataset), generator=generator
+    )
+    batch_size = len(dataset) if batch_size == -1 else batch_size
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn
+    )
