@@ -26,6 +26,7 @@ from sklearn.metrics import (
 from sklearn.preprocessing import label_binarize
 
 __all__ = [
+    "per_class_average_precision",
     "ConfidenceInterval",
     "mean_confidence_interval",
     "paired_confidence_interval",
@@ -254,7 +255,27 @@ def _indicator(y_true, n_classes: int, labels=None) -> np.ndarray:
     return Y
 
 
-def _per_class_ap(y_true, y_score, labels=None) -> np.ndarray:
+def per_class_average_precision(y_true, y_score, labels=None) -> np.ndarray:
+    """Average precision of each class (one-vs-rest; NaN for a class without positives).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n,) or (n, n_classes)
+        Labels (codes ``0..n_classes-1`` or ``labels``) or a ``{0, 1}`` indicator.
+    y_score : array-like of shape (n, n_classes)
+        Scores per class.
+    labels : array-like, default=None
+        The label of each column of ``y_score`` when ``y_true`` holds labels.
+
+    Returns
+    -------
+    ndarray of shape (n_classes,)
+
+    Examples
+    --------
+    >>> per_class_average_precision([0, 1, 1], [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]).tolist()
+    [1.0, 1.0]
+    """
     scores = np.asarray(y_score, dtype=float)
     if scores.ndim != 2:
         raise ValueError(f"y_score must be (n_samples, n_classes), got shape {scores.shape}.")
@@ -286,7 +307,7 @@ def mean_average_precision(y_true, y_score, *, labels: Sequence | None = None) -
     >>> mean_average_precision([0, 1, 1], [[0.9, 0.1], [0.2, 0.8], [0.4, 0.6]])
     1.0
     """
-    return float(np.nanmean(_per_class_ap(y_true, y_score, labels)))
+    return float(np.nanmean(per_class_average_precision(y_true, y_score, labels)))
 
 
 def frequency_groups(
@@ -337,7 +358,7 @@ def group_mean_average_precision(
     >>> group_mean_average_precision(y, s, [100, 30, 5], many=50, few=10)["tail"]
     1.0
     """
-    ap = _per_class_ap(y_true, y_score)
+    ap = per_class_average_precision(y_true, y_score)
     groups = frequency_groups(counts, many=many, few=few)
     out = {}
     for name, idx in groups.items():

@@ -23,13 +23,13 @@ def test_teachers_trained_once_per_fit(toy_long_tail, monkeypatch):
     import fewmed.longtail._teachers as teachers_module
 
     fits = []
-    fit_teacher = teachers_module._fit_teacher
+    fit_teacher = teachers_module.fit_teacher
 
     def counting(params, X, y, plan=((0.0, 1),)):
         fits.append(len(X))
         return fit_teacher(params, X, y, plan)
 
-    monkeypatch.setattr(teachers_module, "_fit_teacher", counting)
+    monkeypatch.setattr(teachers_module, "fit_teacher", counting)
     X, y = toy_long_tail
     clf = RelationalSubsetsDistiller(subsets=[["nv"], ["mel", "bkl", "df"]], **SMALL)
     clf.fit(X, y)  # check_data runs in on_train_begin; the teachers are trained once

@@ -85,13 +85,13 @@ def _split(bunch):
 def run(args) -> dict:
     from sklearn.svm import LinearSVC
 
-    from fewmed.fewshot._baselines import (
+    from fewmed.fewshot import (
         ConvFeatureExtractor,
+        DAMLClassifier,
         FeatureFewShotClassifier,
         FineTuneClassifier,
+        ProtoNetClassifier,
     )
-    from fewmed.fewshot._daml import DAMLClassifier
-    from fewmed.fewshot._protonet import ProtoNetClassifier
 
     prof = dict(PROFILES["quick" if args.quick else "full"])
     size = args.size or prof["size"]

@@ -74,9 +74,8 @@ def _classic_order(model):
 
 
 def run(args) -> dict:
-    from fewmed._validation import resolve_device
-    from fewmed.fewshot._inner_loop import meta_batch_losses
-    from fewmed.nn import Conv4
+    from fewmed.fewshot import meta_batch_losses
+    from fewmed.nn import Conv4, resolve_device
 
     device = resolve_device(args.device)
     repeats = args.repeats or (5 if args.quick else 15)

@@ -131,7 +131,7 @@ def run(args) -> dict:
     import torch
 
     from fewmed.datasets import load_medmnist
-    from fewmed.fewshot._reptile import ReptileInitializer
+    from fewmed.fewshot import ReptileInitializer
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2 if args.quick else 16)))
     prof = dict(PROFILES["quick" if args.quick else "full"])

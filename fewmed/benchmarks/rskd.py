@@ -115,9 +115,9 @@ def _estimator(prof: dict, seed: int, args, memory, **params):
 
 
 def _group_map(y_true, proba, groups: dict) -> dict:
-    from fewmed.metrics import _per_class_ap
+    from fewmed.metrics import per_class_average_precision
 
-    ap = _per_class_ap(y_true, proba)
+    ap = per_class_average_precision(y_true, proba)
     out = {g: float(np.nanmean(ap[idx])) for g, idx in groups.items()}
     out["total"] = float(np.nanmean(ap))
     out["ap_per_class"] = ap.tolist()
@@ -216,14 +216,14 @@ def _speedup(args, prof, X, y, seed, repeats: int = 2) -> dict:
     from joblib import Parallel, delayed
 
     from fewmed import RelationalSubsetsDistiller
-    from fewmed.longtail._teachers import _fit_teacher
+    from fewmed.longtail import fit_teacher
 
     rng = np.random.default_rng(seed)
     tiny = dict(kd=None, n_filters=4, max_epochs=1, batch_size=16, verbose=0, classes=[0, 1])
     Xt = rng.integers(0, 256, size=(32, prof["size"], prof["size"], 3), dtype=np.uint8)
     yt = np.arange(32) % 2
     t0 = time.perf_counter()
-    Parallel(n_jobs=2, backend="loky")(delayed(_fit_teacher)(tiny, Xt, yt) for _ in range(2))
+    Parallel(n_jobs=2, backend="loky")(delayed(fit_teacher)(tiny, Xt, yt) for _ in range(2))
     out = {"worker_start_seconds": time.perf_counter() - t0}
     Xb = rng.integers(0, 256, size=(4000, prof["size"], prof["size"], 3), dtype=np.uint8)
     yb = np.repeat(np.arange(8), 500)
@@ -267,7 +267,7 @@ def _speedup(args, prof, X, y, seed, repeats: int = 2) -> dict:
 
 
 def _subsets_of(est):
-    from fewmed.longtail._subsets import build_subsets
+    from fewmed.longtail import build_subsets
 
     return build_subsets(
         est.subsets, est.classes_, est.data_info_["class_counts"], many=est.many, few=est.few
@@ -301,7 +301,7 @@ def _chest(args, prof, path: Path, memory) -> dict:
     from sklearn.model_selection import GroupShuffleSplit
 
     from fewmed.datasets import load_multilabel_csv
-    from fewmed.longtail._subsets import build_subsets
+    from fewmed.longtail import build_subsets
 
     bunch = load_multilabel_csv(path, load_images=False)
     Y_all, names = np.asarray(bunch["target"]), np.asarray(bunch["target_names"])

@@ -22,6 +22,7 @@ from .._finetune import remove_batchnorm
 from ._base import FewShotMixin
 from ._baselines import ConvFeatureExtractor, FeatureFewShotClassifier, FineTuneClassifier
 from ._daml import DAMLClassifier, difficulty_aware_loss
+from ._inner_loop import meta_batch_losses
 from ._protonet import ProtoNetClassifier, prototypes, prototypical_loss, squared_distances
 from ._reptile import ReptileInitializer
 from ._reptile_net import reptile_update
@@ -35,6 +36,7 @@ __all__ = [
     "ProtoNetClassifier",
     "ReptileInitializer",
     "difficulty_aware_loss",
+    "meta_batch_losses",
     "prototypes",
     "prototypical_loss",
     "remove_batchnorm",

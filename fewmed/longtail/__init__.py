@@ -20,11 +20,14 @@ from ._cdc import CDCClassifier
 from ._distillation import relational_kd_loss, relational_weights
 from ._rskd import RelationalSubsetsDistiller
 from ._subsets import build_subsets
+from ._teachers import fit_teacher, fit_teachers
 
 __all__ = [
     "CDCClassifier",
     "RelationalSubsetsDistiller",
     "build_subsets",
+    "fit_teacher",
+    "fit_teachers",
     "relational_kd_loss",
     "relational_weights",
 ]

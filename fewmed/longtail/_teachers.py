@@ -11,7 +11,7 @@ fitted teachers (the estimator keeps its skorch hooks):
   classes; :func:`teacher_params` gives a teacher the student's parameters it
   shares, and :func:`teacher_jobs` puts both together for :func:`fit_teachers`;
 * :func:`fit_teachers` trains the teachers in parallel (joblib, loky), cached,
-  each by :func:`_fit_teacher`, giving the cores of finished workers to the
+  each by :func:`fit_teacher`, giving the cores of finished workers to the
   teachers still training (:func:`thread_plan`, :class:`ThreadSchedule`);
 * :func:`teacher_logits`, :func:`teacher_class_probs` and
   :func:`teacher_log_probs` map the teachers' outputs back to the student's
@@ -279,7 +279,7 @@ class ThreadSchedule(Callback):
             torch.set_num_threads(self.previous_)
 
 
-def _fit_teacher(params: dict, X: np.ndarray, y: np.ndarray, plan=((0.0, 1),)):
+def fit_teacher(params: dict, X: np.ndarray, y: np.ndarray, plan=((0.0, 1),)):
     """Fit one teacher (a ``kd=None`` distiller), its torch threads following ``plan``.
 
     ``plan`` is the teacher's :func:`thread_plan` entry; a :class:`ThreadSchedule`
@@ -309,7 +309,7 @@ def fit_teachers(
 ) -> dict[str, Any]:
     """Fit the teachers of ``jobs`` (``(name, params, X, y, columns)``), in parallel.
 
-    ``fit(params, X, y, plan)`` (default: :func:`_fit_teacher`) fits one teacher
+    ``fit(params, X, y, plan)`` (default: :func:`fit_teacher`) fits one teacher
     following ``plan``, its :func:`thread_plan` entry (``[(fraction done, torch
     threads), ...]``): the jobs run longest first in ``n_jobs`` joblib *loky*
     workers with one torch thread each, and when the queue is empty the cores of
@@ -323,7 +323,7 @@ def fit_teachers(
     dict
         Name -> fitted teacher, in the order of ``jobs``.
     """
-    fit = _fit_teacher if fit is None else fit
+    fit = fit_teacher if fit is None else fit
     if memory is not None:
         memory = memory if isinstance(memory, Memory) else Memory(memory, verbose=0)
         fit = memory.cache(fit, ignore=["plan"])

@@ -1,5 +1,6 @@
 """Backbones, the backbone protocol and adapter, decoders and tensor augmentations."""
 
+from .._validation import resolve_device
 from ._adapter import IMAGENET_MEAN, IMAGENET_STD, BackboneAdapter
 from ._augment import Augment, augment, make_augment
 from ._backbones import (
@@ -16,6 +17,7 @@ from ._functional import batch_norm_train, max_pool2d_gather
 from ._protocol import BackboneProtocol, follows_protocol
 
 __all__ = [
+    "resolve_device",
     "Augment",
     "augment",
     "make_augment",
