@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._protocol import _Backbone
+
 __all__ = ["BackboneAdapter", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -100,7 +102,7 @@ def _channel_vector(value: Sequence[float] | float | None, channels: int, name: 
     return vec.reshape(1, channels, 1, 1).clone()
 
 
-class BackboneAdapter(nn.Module):
+class BackboneAdapter(_Backbone):
     """Wrap any torch module so that it follows :class:`BackboneProtocol`.
 
     The module is split into a body and a linear head. The head is the
@@ -220,8 +222,7 @@ class BackboneAdapter(nn.Module):
         self._normalises = mean is not None or std is not None
         self._probe()
         self.pool = self._choose_pool(pool, found)
-        c, h, w = self.feature_shape
-        self.feature_dim = c if self.pool == "avg" else c * h * w
+        self.feature_dim = self._embedding_dim()
         if found is not None and n_classes in (None, found.out_features):
             self.head: nn.Module = found
             self.n_classes: int | None = found.out_features
@@ -294,8 +295,7 @@ class BackboneAdapter(nn.Module):
         """Re-probe for other images (``build_backbone`` with an adapter instance)."""
         self.input_shape = tuple(int(v) for v in input_shape)
         self._probe()
-        c, h, w = self.feature_shape
-        dim = c if self.pool == "avg" else c * h * w
+        dim = self._embedding_dim()
         if dim != self.feature_dim:
             self.feature_dim = dim
             if self.n_classes is not None:
@@ -312,19 +312,10 @@ class BackboneAdapter(nn.Module):
         """Feature map ``(n, c, h, w)`` of the normalised images (the body's output)."""
         return _as_map(self.body(self.normalise(x)))
 
-    def embed(self, fmap: torch.Tensor) -> torch.Tensor:
-        """Vectors ``(n, feature_dim)``: the feature map averaged over ``(h, w)`` or flattened."""
-        if self.pool == "avg":
-            return fmap.mean(dim=(2, 3))
-        return fmap.flatten(1)
-
-    def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
-        """Logits ``head(embed(fmap))``."""
-        return self.head(self.embed(fmap))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``forward_head(forward_features(x))``."""
-        return self.forward_head(self.forward_features(x))
+    @property
+    def global_pool(self) -> bool:
+        """Whether :meth:`embed` averages the map over ``(h, w)`` (``pool="avg"``)."""
+        return self.pool == "avg"
 
     def reset_head(self, n_classes: int) -> None:
         """Replace the head by a new ``Linear(feature_dim, n_classes)`` (torch's RNG)."""

@@ -18,7 +18,7 @@ from torch import nn
 
 from ._adapter import BackboneAdapter, factory_kwargs, takes_fewmed_arguments
 from ._functional import batch_norm_train, max_pool2d_gather
-from ._protocol import follows_protocol
+from ._protocol import _Backbone, follows_protocol
 
 __all__ = [
     "Conv4",
@@ -130,42 +130,6 @@ def _halving_pool(h: int, w: int) -> tuple[IndexMaxPool2d, int, int]:
     """2x2 max-pooling that stops halving a side once it is 1 pixel; the new ``(h, w)``."""
     kh, kw = (2 if h >= 2 else 1), (2 if w >= 2 else 1)
     return IndexMaxPool2d((kh, kw)), h // kh, w // kw
-
-
-class _Backbone(nn.Module):
-    """Common head logic: flatten (or pool) the feature map, then a linear layer."""
-
-    global_pool: bool = False
-
-    def _build_head(self, n_classes: int | None) -> None:
-        was_training = self.training
-        self.eval()
-        with torch.no_grad():
-            fmap = self.forward_features(torch.zeros(2, *self.input_shape))
-        self.train(was_training)
-        self.feature_shape = tuple(fmap.shape[1:])
-        c, h, w = self.feature_shape
-        self.feature_dim = c if self.global_pool else c * h * w
-        self.n_classes = n_classes
-        self.head = nn.Linear(self.feature_dim, n_classes) if n_classes else nn.Identity()
-
-    def embed(self, fmap: torch.Tensor) -> torch.Tensor:
-        """Flatten (Conv4) or average-pool (ResNet) a feature map into vectors."""
-        if self.global_pool:
-            return fmap.mean(dim=(2, 3))
-        return fmap.flatten(1)
-
-    def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(fmap))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_head(self, n_classes: int) -> None:
-        """Replace the classifier head by a freshly initialised one for ``n_classes``."""
-        device = next(self.parameters()).device
-        self.n_classes = n_classes
-        self.head = nn.Linear(self.feature_dim, n_classes).to(device)
 
 
 class Conv4(_Backbone):

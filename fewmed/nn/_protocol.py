@@ -1,10 +1,11 @@
-"""The backbone protocol: what fewmed's estimators use of a network."""
+"""The backbone protocol: what fewmed's estimators use of a network, and the shared half of it."""
 
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
 __all__ = ["BackboneProtocol", "follows_protocol"]
 
@@ -99,3 +100,47 @@ def follows_protocol(module: object) -> bool:
     (True, False)
     """
     return isinstance(module, torch.nn.Module) and isinstance(module, BackboneProtocol)
+
+
+class _Backbone(nn.Module):
+    """Common head logic: flatten (or pool) the feature map, then a linear layer.
+
+    Also the base of :class:`fewmed.nn.BackboneAdapter`, which shares the pooling,
+    ``forward_head`` and ``forward``.
+    """
+
+    global_pool: bool = False
+
+    def _build_head(self, n_classes: int | None) -> None:
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            fmap = self.forward_features(torch.zeros(2, *self.input_shape))
+        self.train(was_training)
+        self.feature_shape = tuple(fmap.shape[1:])
+        self.feature_dim = self._embedding_dim()
+        self.n_classes = n_classes
+        self.head = nn.Linear(self.feature_dim, n_classes) if n_classes else nn.Identity()
+
+    def _embedding_dim(self) -> int:
+        """Length of :meth:`embed`'s vectors for a map of ``feature_shape``."""
+        c, h, w = self.feature_shape
+        return c if self.global_pool else c * h * w
+
+    def embed(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Flatten (Conv4) or average-pool (ResNet) a feature map into vectors."""
+        if self.global_pool:
+            return fmap.mean(dim=(2, 3))
+        return fmap.flatten(1)
+
+    def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(fmap))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_head(self, n_classes: int) -> None:
+        """Replace the classifier head by a freshly initialised one for ``n_classes``."""
+        device = next(self.parameters()).device
+        self.n_classes = n_classes
+        self.head = nn.Linear(self.feature_dim, n_classes).to(device)
