@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from skorch.callbacks import Checkpoint, EarlyStopping, EpochScoring
 from skorch.helper import predefined_split
 from skorch.history import History
-from skorch.utils import to_tensor
 from torch import nn
 
 from fewmed._dataset import ArrayDataset
@@ -133,22 +132,8 @@ class SupervisedNet(ImageNetClassifier):
         )
         self.module_ = backbone.to(self.device)
 
-    def _channels_last(self) -> bool:
-        return bool(self.channels_last) and torch.device(self.device or "cpu").type == "cpu"
-
-    def initialize_module(self):
-        """Build ``module_`` (channels-last on the CPU when ``channels_last``)."""
-        super().initialize_module()
-        if self.built_for_ is not None and self._channels_last():
-            self.module_.to(memory_format=torch.channels_last)
-        return self
-
-    def infer(self, x: Any, **fit_params: Any) -> torch.Tensor:
-        """Logits of the batch ``x`` (channels-last on the CPU when ``channels_last``)."""
-        x = to_tensor(x, device=self.device)
-        if x.ndim == 4 and self._channels_last():
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.module_(x, **fit_params)
+    def _wants_channels_last(self) -> bool:
+        return bool(self.channels_last)
 
 
 # --------------------------------------------------------------------------- fine-tuning

@@ -26,6 +26,9 @@ defaults and hooks fewmed's imbalance learners (``CDCClassifier``,
 * ``get_iterator`` gives the training ``DataLoader`` a seeded
   :class:`torch.Generator`, so shuffling is reproducible without global seeding;
 * ``train_step_single`` applies the optional augmentation (seeded too).
+* ``infer`` hands the network its batches on its device, in channels-last memory
+  layout on the CPU for the subclasses that ask for it (``_wants_channels_last``);
+  ``initialize_module`` puts their networks in that layout.
 
 Defaults that differ from skorch's, on purpose:
 
@@ -213,6 +216,11 @@ class ImageNetClassifier(NeuralNetClassifier):
             torch.manual_seed(self.seeds_["init"])
             self._build_modules(info)
         self.built_for_ = self._signature(info)
+        if self._channels_last():
+            for name in self._modules:
+                module = getattr(self, f"{name}_", None)
+                if isinstance(module, nn.Module):
+                    module.to(memory_format=torch.channels_last)
         return self
 
     def initialize_criterion(self):
@@ -221,6 +229,26 @@ class ImageNetClassifier(NeuralNetClassifier):
 
     def _build_modules(self, info: dict) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _wants_channels_last(self) -> bool:
+        """Hook: train in channels-last memory layout on the CPU (oneDNN's convolutions,
+        pooling and upsampling are ~1.5-2x faster on it for small images)."""
+        return False
+
+    def _channels_last(self) -> bool:
+        """Whether the networks and batches use channels-last layout (CPU devices only)."""
+        return self._wants_channels_last() and torch.device(self.device or "cpu").type == "cpu"
+
+    def _as_input(self, x: Any) -> torch.Tensor:
+        """A batch on the net's device, in channels-last layout where the net uses it."""
+        x = to_tensor(x, device=self.device)
+        if x.ndim == 4 and self._channels_last():
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def infer(self, x: Any, **fit_params: Any):
+        """skorch's forward pass, on the batch in the net's memory layout."""
+        return super().infer(self._as_input(x), **fit_params)
 
     def _build_criteria(self, info: dict | None) -> None:
         self.criterion_ = nn.CrossEntropyLoss()

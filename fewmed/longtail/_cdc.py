@@ -248,17 +248,8 @@ None, default="balanced"
                 self.reconstruction, weight=self._class_weights(self.reconstruction_weight, info)
             )
 
-    def _channels_last(self) -> bool:
-        return _CHANNELS_LAST_ON_CPU and torch.device(self.device or "cpu").type == "cpu"
-
-    def initialize_module(self):
-        """Build ``module_`` (and ``decoder_``); channels-last layout on the CPU."""
-        super().initialize_module()
-        if self.built_for_ is not None and self._channels_last():
-            self.module_.to(memory_format=torch.channels_last)
-            if self.decoder:
-                self.decoder_.to(memory_format=torch.channels_last)
-        return self
+    def _wants_channels_last(self) -> bool:
+        return _CHANNELS_LAST_ON_CPU
 
     # ------------------------------------------------------------------ forward / loss
     def infer(self, x: Any, **fit_params: Any):
@@ -274,9 +265,7 @@ None, default="balanced"
         -------
         Tensor or tuple of (Tensor, Tensor, Tensor or None)
         """
-        x = to_tensor(x, device=self.device)
-        if x.ndim == 4 and self._channels_last():
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self._as_input(x)
         if not (self.decoder and self.module_.training):
             return self.module_(x, **fit_params)
         fmap = self.module_.forward_features(x)
