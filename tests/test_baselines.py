@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.frozen import FrozenEstimator
 from sklearn.svm import LinearSVC
 
@@ -99,3 +100,17 @@ def test_finetune_keeps_batchnorm_statistics_and_pretraining_history(lesions):
     adapted, pre = ft.adapted_module_.state_dict(), ft.backbone_.state_dict()
     assert all(torch.equal(adapted[k], pre[k]) for k in stats)
     assert ft.adapted_module_.head.out_features == 2 and ft.backbone_.head.out_features == 3
+
+
+def test_refit_forgets_the_previous_adaptation(lesions):
+    """The fit template drops what adapt set: it belonged to the previous backbone."""
+    X, y = lesions
+    common = y < 3
+    sup = np.r_[np.flatnonzero(y == 3)[:5], np.flatnonzero(y == 4)[:5]]
+    ft = FineTuneClassifier(n_filters=4, max_epochs=1, n_adapt_steps=1, random_state=0)
+    ft.fit(X[common], y[common]).adapt(X[sup], y[sup])
+    assert hasattr(ft, "adapted_module_")
+    ft.fit(X[common], y[common])
+    assert not hasattr(ft, "adapted_module_") and not hasattr(ft, "classes_")
+    with pytest.raises(NotFittedError, match="adapt"):
+        ft.predict(X[:2])

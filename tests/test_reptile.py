@@ -117,6 +117,8 @@ def test_baselines(source_target, init):
     assert rep.predict(Xt).shape == yt.shape
     if init == "supervised":
         assert rep.module_.head.out_features == 3 and len(rep.history_) >= 1
+    rep.fit(Xs, ys)  # a refit forgets the adaptation to the previous initialization
+    assert not hasattr(rep, "adapted_module_") and not hasattr(rep, "classes_")
 
 
 def test_export_to_plain_skorch(fitted, source_target):

@@ -7,7 +7,7 @@ the adapted task, and ``score`` samples episodes from the classes it is given an
 returns their mean AUC, so ``GridSearchCV`` / ``cross_val_score`` work with
 :class:`~fewmed.model_selection.LeaveClassesOut`. Its ``fit`` is a template (as
 imbalanced-learn's ``fit_resample`` calls ``_fit_resample``): it validates the
-parameters and the data, forgets a previous adaptation, and calls ``_fit(X, y)``.
+parameters and the data, calls ``_fit(X, y)``, and forgets a previous adaptation.
 A subclass implements ``_fit``, ``_adapt(Xs, ys)`` and ``_predict_logits(X)``.
 
 :class:`BaseMetaLearner` is the template of the meta-learners trained on skorch
@@ -67,8 +67,9 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
     def fit(self, X, y=None, **fit_params):
         """Learn from the common classes of ``(X, y)`` (or a ``TaskDistribution``).
 
-        Validates the parameters (``_parameter_constraints``) and the data, forgets
-        a previous adaptation, then runs the estimator's own ``_fit``.
+        Validates the parameters (``_parameter_constraints``) and the data, runs the
+        estimator's own ``_fit``, then forgets the adaptation of the previous fit (a
+        fit that raises leaves the estimator as it was, where ``_fit`` allows).
 
         Parameters
         ----------
@@ -87,6 +88,7 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
             self._validate_params()
         Xt, y = self._validate_fit_input(X, y)
         self._fit(Xt, y, **fit_params)
+        self._forget_adaptation()  # what adapt set belongs to the previous fit
         return self
 
     def _fit(self, Xt: np.ndarray, y: np.ndarray, **fit_params) -> None:  # pragma: no cover
@@ -380,7 +382,7 @@ class BaseMetaLearner(FewShotMixin):
                 setattr(self.meta_net_, k, v)
         else:
             self.meta_net_ = self._make_net(seed)
-        self._forget_adaptation()
+        self._forget_adaptation()  # before training: a diverging run must not keep it
         fit_meta_net(self.meta_net_, train, valid, resume=resume)
 
     # ----------------------------------------------------------- the hooks
@@ -406,13 +408,14 @@ class BaseMetaLearner(FewShotMixin):
     def _make_net(self, seed: int) -> MetaNet:
         """The network (seeded by ``seed``) and its meta-training net."""
         module = self._seeded_backbone(seed, **self._backbone_kwargs())
+        device = resolve_device(self.device)
         return self._net_class(
-            module.to(resolve_device(self.device)),
+            module.to(device),
             estimator=self,
             optimizer=self._meta_optimizer,
             batch_size=self.meta_batch_size,
             callbacks=[self._lr_schedule(), *(self.callbacks or [])],
-            device=str(resolve_device(self.device)),
+            device=str(device),
             seed=seed,
             **self._skorch_params(),
         )
