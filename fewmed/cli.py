@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -27,10 +28,24 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, KeyError):  # str(KeyError) is the quoted key
+        text = f"missing {text}"
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fewmed.benchmarks import BENCHMARKS
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fewmed",
         description="few-shot and long-tailed medical image classification",
     )
@@ -58,9 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``fewmed`` command."""
-    args = build_parser().parse_args(argv)
-    result = args.func(args)
+    """Entry point of the ``fewmed`` command.
+
+    A usage error (an unknown option, a bad option value, a path that does not
+    exist) and an error of the run (data that is not what was expected, a
+    parameter an estimator refuses) print one line on stderr and return 2;
+    set ``FEWMED_TRACEBACK=1`` to see the traceback instead.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
+        if os.environ.get("FEWMED_TRACEBACK"):
+            raise
+        prog = f"fewmed {args.command}" + (f" {args.benchmark}" if "benchmark" in args else "")
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     return result if isinstance(result, int) else 0
 
 

@@ -15,6 +15,9 @@ import numpy as np
 
 __all__ = [
     "add_common_arguments",
+    "existing_path",
+    "positive_int",
+    "device_name",
     "write_json",
     "format_table",
     "output_dir",
@@ -22,14 +25,54 @@ __all__ = [
 ]
 
 
+def existing_path(value: str) -> str:
+    """argparse type: a file or folder that exists (else a one-line usage error)."""
+    import argparse
+
+    if not Path(value).expanduser().exists():
+        raise argparse.ArgumentTypeError(f"{value} does not exist")
+    return value
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an integer >= 1."""
+    import argparse
+
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return number
+
+
+def device_name(value: str) -> str:
+    """argparse type: 'cpu', 'auto', 'cuda', 'cuda:N' or 'mps'."""
+    import argparse
+    import re
+
+    if not re.fullmatch(r"cpu|auto|mps|cuda(:\d+)?", value):
+        raise argparse.ArgumentTypeError(
+            f"expected 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto', got {value!r}"
+        )
+    return value
+
+
+DATA_HELP = (
+    "dataset folder or file; without it: FEWMED_DATA, then the cache ~/fewmed_data, then a "
+    "download when online, else synthetic lesions (said in the output)"
+)
+
+
 def add_common_arguments(parser, *, default_out: str) -> None:
     """Options every benchmark takes: --quick, --data, --out, --seed, --device, --verbose."""
     parser.add_argument("--quick", action="store_true", help="the CPU profile (minutes)")
-    parser.add_argument("--data", default=None, help="dataset folder or file (see --help)")
+    parser.add_argument("--data", default=None, type=existing_path, help=DATA_HELP)
     parser.add_argument("--out", default=default_out, help="folder for the JSON and PNG")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="'cpu', 'cuda' or 'auto'")
-    parser.add_argument("--size", type=int, default=None, help="image side in pixels")
+    parser.add_argument("--device", default="cpu", type=device_name, help="'cpu', 'cuda' or 'auto'")
+    parser.add_argument("--size", type=positive_int, default=None, help="image side in pixels")
     parser.add_argument("--synthetic", action="store_true", help="force synthetic lesions")
     parser.add_argument("-v", "--verbose", type=int, default=1)
 

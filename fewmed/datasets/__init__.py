@@ -7,7 +7,12 @@ See ``docs/data.md``.
 """
 
 from ._base import get_data_home
-from ._fallback import HAM10000_HELP, load_ham10000_or_synthetic
+from ._fallback import (
+    HAM10000_HELP,
+    data_homes,
+    load_ham10000_or_synthetic,
+    load_medmnist_or_synthetic,
+)
 from ._fetch import (
     ChecksumError,
     DatasetNotAvailableError,
@@ -28,6 +33,7 @@ __all__ = [
     "HAM10000_HELP",
     "MEDMNIST_FLAGS",
     "MEDMNIST_INFO",
+    "data_homes",
     "fetch_ham10000",
     "fetch_medmnist",
     "get_data_home",
@@ -37,6 +43,7 @@ __all__ = [
     "load_image_folder",
     "load_isic2018",
     "load_medmnist",
+    "load_medmnist_or_synthetic",
     "load_multilabel_csv",
     "make_synthetic_lesions",
     "resolve_ham10000",
