@@ -119,6 +119,20 @@ def write_api_pages(app=None) -> None:
 
 write_api_pages()
 
+_SKIPPED = ("get_metadata_routing",)
+
+
+def _skip_member(app, what, name, obj, skip, options):
+    """Leave out scikit-learn's metadata-routing helpers (their docstrings are sklearn's)."""
+    if name in _SKIPPED or (name.startswith("set_") and name.endswith("_request")):
+        return True
+    return None
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_member)
+
+
 # -- gallery ------------------------------------------------------------------
 
 

@@ -67,11 +67,17 @@ def load_image_folder(
     Returns
     -------
     data : sklearn.utils.Bunch
+        A dictionary-like object with the keys:
+
         images : ndarray of shape (n_samples, H, W, C), dtype uint8
+
         target : ndarray of shape (n_samples,), dtype int64
+
         target_names : ndarray of str
             Sorted class folder names.
+
         filenames : ndarray of str
+
         DESCR : str
 
     Raises

@@ -176,21 +176,30 @@ def load_ham10000(
     Returns
     -------
     data : sklearn.utils.Bunch
+        A dictionary-like object with the keys:
+
         images : ndarray of shape (n_samples, H, W, 3), dtype uint8
+
         target : ndarray of shape (n_samples,), dtype int64
             Index into ``target_names``.
+
         target_names : ndarray of str
             The sorted diagnoses ``akiec, bcc, bkl, df, mel, nv, vasc`` (the
             same codes as MedMNIST DermaMNIST's labels 0-6), plus any
             unexpected ``dx`` value found, in sorted order.
+
         groups : ndarray of str
             ``lesion_id`` of each image: split by it, never by image.
+
         image_ids : ndarray of str
+
         filenames : ndarray of str
             Path of each image file.
+
         metadata : dict of str to ndarray
             The other CSV columns (``dx_type``, ``age`` as float with NaN for
             unknown, ``sex``, ``localization``, ...).
+
         DESCR : str
             Description, class counts, licence (CC BY-NC 4.0) and citation.
 
@@ -335,6 +344,8 @@ def load_isic2018(
     Returns
     -------
     data : sklearn.utils.Bunch
+        A dictionary-like object with the keys:
+
         ``images``, ``target``, ``target_names``, ``groups`` (or None),
         ``image_ids``, ``filenames``, ``metadata`` (the other columns of the
         lesion-groups CSV, e.g. ``diagnosis_confirm_type``) and ``DESCR``.

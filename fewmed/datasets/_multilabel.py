@@ -130,17 +130,25 @@ def load_multilabel_csv(
     Returns
     -------
     data : sklearn.utils.Bunch
+        A dictionary-like object with the keys:
+
         target : ndarray of shape (n_samples, n_classes), dtype uint8
             Indicator matrix.
+
         target_names : ndarray of str
+
         groups : ndarray of str or None
             ``group_column`` values, None when the CSV lacks that column.
+
         filenames : ndarray of str
             ``path_column`` values, joined to ``image_dir`` when it is given.
+
         metadata : dict of str to ndarray of str
             The remaining columns.
+
         images : ndarray of shape (n_samples, H, W, C), dtype uint8
             Only when ``load_images`` and ``image_dir`` are given.
+
         DESCR : str
 
     Examples

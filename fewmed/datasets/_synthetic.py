@@ -197,13 +197,19 @@ def make_synthetic_lesions(
     Returns
     -------
     data : sklearn.utils.Bunch
+        A dictionary-like object with the keys:
+
         images : ndarray of shape (n_samples, size, size, 3), dtype uint8
+
         target : ndarray of shape (n_samples,), dtype int64
             Shuffled.
+
         target_names : ndarray of str
             ``"synthetic_0"``, ``"synthetic_1"``, ...
+
         groups : ndarray of shape (n_samples,), dtype int64
             One group per image (each image is its own "lesion").
+
         DESCR : str
             Starts with "SYNTHETIC".
 
