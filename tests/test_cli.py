@@ -77,10 +77,53 @@ def test_daml_benchmark_smoke_on_synthetic(capsys, tmp_path):
     assert (tmp_path / "daml.png").stat().st_size > 1000
 
 
-def test_daml_benchmark_difficulty_start_must_leave_both_phases(tmp_path):
+def test_daml_benchmark_difficulty_start_must_leave_both_phases(tmp_path, capsys):
     args = ["benchmark", "daml", "--quick", "--synthetic", "--iterations", "4", "--out"]
-    with pytest.raises(ValueError, match="--difficulty-start must be between 1 and"):
-        main(args + [str(tmp_path), "--difficulty-start", "4"])
+    assert main(args + [str(tmp_path), "--difficulty-start", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fewmed benchmark daml: error: --difficulty-start must be between 1 and")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["benchmark", "daml", "--data", "/no/such/folder"], "--data: /no/such/folder does not"),
+        (["benchmark", "cdc", "--device", "gpu"], "argument --device: expected 'cpu'"),
+        (["benchmark", "rskd", "--size", "0"], "argument --size: expected an integer >= 1"),
+        (["benchmark", "daml", "--seed", "x"], "argument --seed: invalid int value"),
+        (["benchmark", "daml", "--bogus"], "unrecognized arguments: --bogus"),
+        (["benchmark", "nope"], "invalid choice: 'nope'"),
+        (["datasets", "--data-home"], "expected one argument"),
+    ],
+)
+def test_usage_errors_are_one_line_with_status_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert message in captured.err and "error:" in captured.err
+
+
+def test_data_that_is_not_the_data_set_is_one_line_with_status_2(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not images")
+    assert main(["benchmark", "cdc", "--quick", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fewmed benchmark cdc: error: ") and "is not a HAM10000 folder" in err
+    assert err.count("\n") == 1
+
+
+def test_the_command_prints_no_traceback(tmp_path):
+    """The installed entry point, in a fresh interpreter: stderr is the one line."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "fewmed.cli", "benchmark", "daml", "--data", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert "is not a HAM10000 folder" in proc.stderr
 
 
 def test_cdc_benchmark_smoke_with_another_backbone(capsys, tmp_path):

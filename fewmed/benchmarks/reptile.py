@@ -80,24 +80,40 @@ def _cap(y: np.ndarray, cap: int | None, rng: np.random.Generator) -> np.ndarray
     return np.sort(np.concatenate(keep))
 
 
-def load_source(root: Path, *, cap_per_class: int | None, seed: int, verbose: int = 1):
-    """The 11-class source pool (HAM10000 + BreastMNIST + PneumoniaMNIST), 28x28x3 uint8."""
-    from fewmed.datasets import load_ham10000, load_medmnist
+def load_source(
+    root: Path | None,
+    *,
+    cap_per_class: int | None,
+    seed: int,
+    verbose: int = 1,
+    synthetic: bool = False,
+):
+    """The 11-class source pool (HAM10000 + BreastMNIST + PneumoniaMNIST), 28x28x3 uint8.
+
+    ``root`` holds ``ham10000/`` and the MedMNIST files; None finds each set in
+    ``FEWMED_DATA``, the cache or a download, else uses a synthetic stand-in.
+    Returns ``X, y, synthetic`` (whether any set was synthetic).
+    """
+    from fewmed.datasets import load_ham10000_or_synthetic, load_medmnist_or_synthetic
 
     images, labels = [], []
-    ham = load_ham10000(root / "ham10000", size=28, verbose=verbose)
+    ham, fake = load_ham10000_or_synthetic(
+        None if root is None else root / "ham10000", size=28, synthetic=synthetic, verbose=verbose
+    )
+    synthetic |= fake
     names = np.asarray(ham.target_names)
     images.append(ham.images)
     labels.append(np.char.add("ham10000:", names[ham.target].astype(str)))
-    for flag in ("breastmnist", "pneumoniamnist_imbalanced"):
-        data = load_medmnist(root / f"{flag}.npz")
+    for flag in ("breastmnist", "pneumoniamnist"):
+        data, fake = load_medmnist_or_synthetic(flag, root, synthetic=synthetic, verbose=verbose)
+        synthetic |= fake
         for split in ("train", "val", "test"):
             b = data[split]
             images.append(_gray_to_rgb(b.images))
-            labels.append(np.char.add(f"{flag.split('_')[0]}:", b.target.astype(str)))
+            labels.append(np.char.add(f"{flag}:", b.target.ravel().astype(str)))
     X, y = np.concatenate(images), np.concatenate(labels)
     keep = _cap(y, cap_per_class, np.random.default_rng(seed))
-    return X[keep], y[keep]
+    return X[keep], y[keep], synthetic
 
 
 def _subsample(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -130,27 +146,31 @@ def _ms(values) -> str:
 def run(args) -> dict:
     import torch
 
-    from fewmed.datasets import load_medmnist
+    from fewmed.datasets import load_medmnist_or_synthetic
     from fewmed.fewshot import ReptileInitializer
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2 if args.quick else 16)))
     prof = dict(PROFILES["quick" if args.quick else "full"])
     iters = args.iterations or prof["iterations"]
     filters = args.filters or prof["n_filters"]
-    root = (
-        Path(args.data)
-        if args.data
-        else Path(__file__).resolve().parents[2].parent / "shared" / "data"
-    )
-    if not (root / "retinamnist.npz").is_file() or not (root / "ham10000").is_dir():
-        raise FileNotFoundError(
-            f"RetinaMNIST / HAM10000 / BreastMNIST / PneumoniaMNIST not found under {root}: pass "
-            "--data FOLDER holding retinamnist.npz, breastmnist.npz, "
-            "pneumoniamnist_imbalanced.npz and ham10000/."
-        )
+    root = Path(args.data) if args.data else None
+    project_data = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    if root is None and (project_data / "retinamnist.npz").is_file():
+        root = project_data  # the project's data folder, when it is there
     t0 = time.perf_counter()
-    Xs, ys = load_source(root, cap_per_class=prof["cap_per_class"], seed=args.seed, verbose=0)
-    retina = load_medmnist(root / "retinamnist.npz")
+    Xs, ys, synthetic = load_source(
+        root,
+        cap_per_class=prof["cap_per_class"],
+        seed=args.seed,
+        verbose=0,
+        synthetic=args.synthetic,
+    )
+    retina, fake = load_medmnist_or_synthetic(
+        "retinamnist", root, synthetic=args.synthetic, verbose=0
+    )
+    synthetic |= fake
+    if synthetic:
+        print("NOTE: SYNTHETIC images stand in for missing data sets (see the warnings)")
     tr, va, te = retina.train, retina.val, retina.test
     counts = {str(k): int(v) for k, v in zip(*np.unique(ys, return_counts=True))}
     print(f"source: {len(ys)} images, {len(counts)} classes: {counts}", flush=True)
@@ -232,6 +252,7 @@ def run(args) -> dict:
     out = output_dir(args.out)
     payload = {
         "benchmark": "reptile",
+        "synthetic_data": synthetic,
         "profile": "quick" if args.quick else "full",
         "settings": {
             **prof,
