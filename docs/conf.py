@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -129,8 +130,18 @@ def _skip_member(app, what, name, obj, skip, options):
     return None
 
 
+def _clean_signature(app, what, name, obj, options, signature, return_annotation):
+    """Defaults that are functions or classes by name: ``softmax``, not ``<function ... 0x..>``."""
+    if signature:
+        signature = re.sub(
+            r"<(?:function|class) '?([\w.]+?)'?(?: at 0x[0-9a-f]+)?>", r"\1", signature
+        )
+    return signature, return_annotation
+
+
 def setup(app):
     app.connect("autodoc-skip-member", _skip_member)
+    app.connect("autodoc-process-signature", _clean_signature)
 
 
 # -- gallery ------------------------------------------------------------------
@@ -184,6 +195,7 @@ html_css_files = ["fewmed.css"]
 html_show_sourcelink = False
 html_theme_options = {
     "navbar_align": "left",
+    "header_links_before_dropdown": 6,
     "show_toc_level": 2,
     "navigation_with_keys": False,
     "secondary_sidebar_items": ["page-toc"],
