@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import os
 import pkgutil
 import re
 from pathlib import Path
@@ -21,7 +22,7 @@ from sklearn.base import BaseEstimator
 import fewmed
 
 ROOT = Path(__file__).resolve().parents[1]
-HTML = ROOT / "docs" / "_build" / "html"
+HTML = Path(os.environ.get("FEWMED_DOCS_HTML") or ROOT / "docs" / "_build" / "html")
 EXAMPLES = sorted((ROOT / "examples").glob("*/plot_*.py"))
 
 
@@ -105,3 +106,19 @@ def test_every_example_ran_and_produced_its_output(script):
     assert [p for p in images if "thumb" not in p.name], f"{script} drew no figure"
     # every page says which data it ran on
     assert re.search(r"(data|source|HAM10000|RetinaMNIST)[^<]*:", text)
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_examples_use_the_public_api_only(script):
+    tree = ast.parse(script.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fewmed"):
+            parts = node.module.split(".") + [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            parts = [
+                p for a in node.names if a.name.startswith("fewmed") for p in a.name.split(".")
+            ]
+        else:
+            continue
+        private = [p for p in parts if p.startswith("_")]
+        assert not private, f"{script.name} imports private {private}"
