@@ -120,6 +120,39 @@ def write_api_pages(app=None) -> None:
 
 write_api_pages()
 
+
+def write_benchmark_plots() -> None:
+    """Write ``docs/benchmark_plots.md``: every PNG under ``docs/images/benchmarks/``.
+
+    Whoever records a benchmark run in ``docs/benchmarks.md`` copies its PNG
+    (``fewmed_results/NAME/NAME.png``) there; the page shows them all.
+    """
+    folder = DOCS / "images" / "benchmarks"
+    plots = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    lines = [
+        "# Benchmark plots",
+        "",
+        "The figures written by `fewmed benchmark NAME` (beside its JSON) for the runs",
+        "recorded in [Benchmarks](benchmarks.md), with their commands and numbers there.",
+        "",
+    ]
+    for png in plots:
+        rel = png.relative_to(DOCS).as_posix()
+        lines += [f"## `{png.stem}`", "", f"```{{image}} {rel}", f":alt: {png.stem}", "```", ""]
+    if not plots:
+        lines += [
+            "No plot is recorded yet: run a benchmark and copy its PNG",
+            "(`fewmed_results/NAME/NAME.png`) to `docs/images/benchmarks/`.",
+            "",
+        ]
+    page = DOCS / "benchmark_plots.md"
+    text = "\n".join(lines)
+    if not page.is_file() or page.read_text() != text:
+        page.write_text(text)
+
+
+write_benchmark_plots()
+
 _SKIPPED = ("get_metadata_routing",)
 
 
@@ -195,7 +228,7 @@ html_css_files = ["fewmed.css"]
 html_show_sourcelink = False
 html_theme_options = {
     "navbar_align": "left",
-    "header_links_before_dropdown": 6,
+    "header_links_before_dropdown": 7,
     "show_toc_level": 2,
     "navigation_with_keys": False,
     "secondary_sidebar_items": ["page-toc"],
