@@ -192,6 +192,8 @@ def _examples_data_home() -> None:
     home = Path(tempfile.gettempdir()) / "fewmed_docs_data"
     home.mkdir(exist_ok=True)
     for entry in shared.iterdir():
+        if entry.name == "cache":  # caches are written to the home's own cache/
+            continue
         link = home / entry.name
         if not link.exists() and not link.is_symlink():
             link.symlink_to(entry)
