@@ -213,7 +213,6 @@ sphinx_gallery_conf = {
     "only_warn_on_example_error": False,
     "doc_module": ("fewmed",),
     "backreferences_dir": "generated/backreferences",
-    "reference_url": {"fewmed": None},
     "min_reported_time": 0,
     "download_all_examples": False,
     "remove_config_comments": True,

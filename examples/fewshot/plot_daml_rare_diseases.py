@@ -38,8 +38,9 @@ for label, ys in (("common", y_common), ("rare", y_rare)):
 # Meta-train: plain MAML for the first half, the difficulty-aware loss after
 daml = DAMLClassifier(
     n_filters=16,
-    n_iterations=20,
-    difficulty_start=10,
+    n_iterations=12,
+    difficulty_start=6,
+    meta_batch_size=2,
     n_inner_steps=1,
     n_adapt_steps=5,
     eta=5,
@@ -48,7 +49,7 @@ daml = DAMLClassifier(
     random_state=0,
     verbose=0,
 )
-daml.fit(X_common, y_common)
+_ = daml.fit(X_common, y_common)
 
 # %%
 # Adapt to one 5-shot task of two rare diseases and classify its query images
@@ -60,12 +61,12 @@ print("task:", daml.classes_, "query accuracy:", np.mean(pred == y_rare[episode.
 
 # %%
 # Mean AUC with its 95% confidence interval over rare-class tasks
-print("5-shot AUC on the rare classes:", daml.score_episodes(X_rare, y_rare, n_tasks=10))
+print("5-shot AUC on the rare classes:", daml.score_episodes(X_rare, y_rare, n_tasks=8))
 
 # %%
 # Choose eta on class-disjoint splits (eta=0 is MAML)
 search = GridSearchCV(
-    clone(daml).set_params(n_iterations=10, difficulty_start=5, n_score_tasks=5),
+    clone(daml).set_params(n_iterations=6, difficulty_start=3, n_score_tasks=4),
     {"eta": [0.0, 5.0]},
     cv=LeaveClassesOut(n_test_classes=2, n_splits=2, random_state=0),
 )

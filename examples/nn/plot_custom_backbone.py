@@ -24,6 +24,7 @@ from fewmed.nn import BackboneAdapter, follows_protocol
 
 data = make_synthetic_lesions(n_classes=4, n_per_class=40, size=28, random_state=0)
 X, y = data.images, data.target
+print("data:", data.DESCR.splitlines()[0])
 
 
 def my_backbone() -> nn.Module:
@@ -48,7 +49,7 @@ print("head:", adapter.head_path, "| feature map:", adapter.feature_shape)
 
 # %%
 # The instance is copied, never trained in place
-clf = CDCClassifier(my_backbone(), max_epochs=3, random_state=0).fit(X[::2], y[::2])
+clf = CDCClassifier(my_backbone(), max_epochs=2, random_state=0).fit(X[::2], y[::2])
 print("CDC accuracy on held-out images:", clf.score(X[1::2], y[1::2]))
 
 # %%
