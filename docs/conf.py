@@ -5,7 +5,8 @@ Build it from the repository root (``pip install -e ".[docs]"`` first)::
     python -m sphinx -W -b html docs docs/_build/html
 
 The gallery (``examples/<topic>/plot_*.py``) is executed during the build;
-``-D plot_gallery=0`` builds the site without running it. The API reference
+``-D plot_gallery=0`` builds the site without running it, and
+``FEWMED_GALLERY_PATTERN=plot_data`` runs only the matching examples. The API reference
 (``docs/api/``) is generated at each build from the ``__all__`` of every
 public module, so that every public name has a page.
 
@@ -207,7 +208,8 @@ os.environ.setdefault("FEWMED_DOCS_BUILD", "1")
 sphinx_gallery_conf = {
     "examples_dirs": str(ROOT / "examples"),
     "gallery_dirs": "auto_examples",
-    "filename_pattern": r"/plot_",
+    # FEWMED_GALLERY_PATTERN=plot_data runs only the examples whose path matches
+    "filename_pattern": os.environ.get("FEWMED_GALLERY_PATTERN") or r"/plot_",
     "ignore_pattern": r"__init__\.py",
     "abort_on_example_error": True,
     "only_warn_on_example_error": False,
