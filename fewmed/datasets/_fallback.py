@@ -127,7 +127,7 @@ def _medmnist_sources(flag: str, homes: list[Path], file_size: int) -> list[Path
     return found
 
 
-def _find_medmnist(flag, data, *, size, download, verbose) -> tuple[Bunch | None, str]:
+def _find_medmnist(flag, data, *, size, download, verbose, homes=None) -> tuple[Bunch | None, str]:
     """A MedMNIST set from ``data``, the data homes or a download; (None, why) if none."""
     if data is not None:
         path = Path(data).expanduser()
@@ -139,7 +139,7 @@ def _find_medmnist(flag, data, *, size, download, verbose) -> tuple[Bunch | None
         elif not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: expected {flag}.npz or its folder")
         return load_medmnist(path, flag=flag), str(path)
-    homes = data_homes()
+    homes = data_homes() if homes is None else homes
     hits = _medmnist_sources(flag, homes, size)
     if hits:
         return load_medmnist(hits[0], flag=flag), str(hits[0])
@@ -227,7 +227,8 @@ def load_ham10000_or_synthetic(
             derma, where = _find_medmnist("dermamnist", data, size=28, download=False, verbose=0)
             return _from_dermamnist(derma, where, size), False
         path = resolve_ham10000(data) if data is not None else None
-        for home in data_homes() if data is None else []:
+        homes = data_homes() if data is None else []
+        for home in homes:
             path = resolve_ham10000(data_home=home)
             if path is not None:
                 break
@@ -237,7 +238,7 @@ def load_ham10000_or_synthetic(
             return bunch, False
         file_size = size if size in MEDMNIST_SIZES else 28
         derma, why = _find_medmnist(
-            "dermamnist", None, size=file_size, download=download, verbose=verbose
+            "dermamnist", None, size=file_size, download=download, verbose=verbose, homes=homes
         )
         if derma is not None:
             return _from_dermamnist(derma, why, size), False
