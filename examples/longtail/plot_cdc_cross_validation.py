@@ -28,7 +28,9 @@ keep = np.sort(
     np.concatenate([rng.permutation(np.flatnonzero(y == k))[:150] for k in np.unique(y)])
 )
 X, y, groups = X[keep], y[keep], groups[keep]
-print("images per class:", dict(zip(bunch.target_names, np.bincount(y).tolist())))
+print(
+    "images per class:", dict(zip(np.asarray(bunch.target_names).tolist(), np.bincount(y).tolist()))
+)
 
 # %%
 cv = StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=0)

@@ -31,7 +31,7 @@ keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == k))[: cap[k]]
 X, y, groups = X[keep], y[keep], groups[keep]
 train, test = next(StratifiedGroupKFold(4, shuffle=True, random_state=0).split(X, y, groups))
 counts = np.bincount(y[train], minlength=len(names))
-print("training images per class:", dict(zip(names, counts.tolist())))
+print("training images per class:", dict(zip(names.tolist(), counts.tolist())))
 # head: the most frequent class; tail: the two rarest; medium: the others
 many, few = int(np.sort(counts)[-2]), int(np.sort(counts)[2])
 
