@@ -110,8 +110,14 @@ def run(scenario, out):
         res = {"params": params(est)}
     elif scenario == "protonet":
         est = ProtoNetClassifier(
-            n_way=2, n_shot=2, n_query=3, n_filters=4, meta_batch_size=4, n_iterations=3,
-            verbose=0, random_state=None,
+            n_way=2,
+            n_shot=2,
+            n_query=3,
+            n_filters=4,
+            meta_batch_size=4,
+            n_iterations=3,
+            verbose=0,
+            random_state=None,
         ).fit(X, y)
         res = {"params": params(est), "history": est.history_}
     elif scenario == "fault":

@@ -101,9 +101,7 @@ def test_shard_batch_sampler_splits_every_meta_batch():
 
 def test_shard_batch_sampler_covers_tasks_once():
     for n, m, w in [(12, 4, 2), (12, 3, 2), (10, 5, 3)]:
-        got = sorted(
-            i for r in range(w) for b in ShardBatchSampler(n, m, r, w) for i in b
-        )
+        got = sorted(i for r in range(w) for b in ShardBatchSampler(n, m, r, w) for i in b)
         assert got == list(range(n))
 
 
@@ -120,7 +118,8 @@ def test_daml_two_ranks_equal_one_process_float64(runs):
     assert _max_diff(r0["params"], r1["params"]) == 0.0  # every rank holds the same network
     # the history (rank 0's and every rank's) is the meta-batch's, not a share's
     np.testing.assert_allclose(
-        [h["train_loss"] for h in r0["history"]], [h["train_loss"] for h in a["history"]],
+        [h["train_loss"] for h in r0["history"]],
+        [h["train_loss"] for h in a["history"]],
         rtol=1e-12,
     )
     np.testing.assert_allclose(r0["valid_loss"], a["valid_loss"], rtol=1e-12)
