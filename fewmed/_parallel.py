@@ -49,21 +49,23 @@ def parallel(n_jobs: int | None, **kwargs: Any) -> Parallel:
     return Parallel(n_jobs=n_jobs, **kwargs)
 
 
-def _run_chunk(est, X: np.ndarray, episodes: Sequence, threads: int | None) -> list:
+def _outputs(est, Xt: torch.Tensor, episodes: Sequence) -> list:
+    out = []
+    for ep in episodes:
+        est.classes_ = ep.classes
+        est._adapt(Xt[ep.support_idx], torch.as_tensor(ep.support_y))
+        logits = torch.as_tensor(est._predict_logits(Xt[ep.query_idx]))
+        out.append((ep.query_y, torch.softmax(logits.double(), 1).numpy()))
+    return out
+
+
+def _run_chunk(est, X: np.ndarray, episodes: Sequence, threads: int) -> list:
     """Adapt a copy of ``est`` to each episode; ``(query_y, probabilities)`` per episode."""
     previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     try:
         est = copy.deepcopy(est)  # a process backend has copied it already; threads share it
-        Xt = torch.from_numpy(X)
-        out = []
-        for ep in episodes:
-            est.classes_ = ep.classes
-            est._adapt(Xt[ep.support_idx], torch.as_tensor(ep.support_y))
-            logits = torch.as_tensor(est._predict_logits(Xt[ep.query_idx]))
-            out.append((ep.query_y, torch.softmax(logits.double(), 1).numpy()))
-        return out
+        return _outputs(est, torch.from_numpy(X), episodes)
     finally:
         torch.set_num_threads(previous)
 
@@ -74,8 +76,8 @@ def episode_outputs(est, X: np.ndarray, episodes: Sequence, n_jobs: int | None =
     Parameters
     ----------
     est : fitted few-shot estimator
-        Implements ``_adapt`` and ``_predict_logits`` (left untouched: each worker
-        adapts a copy).
+        Implements ``_adapt``, ``_predict_logits`` and ``_save_adapted`` /
+        ``_restore_adapted``; it is left as it was (each worker adapts a copy).
     X : ndarray of shape (n, C, H, W)
         Validated float images the episodes index.
     episodes : sequence of Episode
@@ -92,8 +94,12 @@ def episode_outputs(est, X: np.ndarray, episodes: Sequence, n_jobs: int | None =
     """
     episodes = list(episodes)
     k = n_workers(n_jobs, len(episodes))
-    if k == 1:
-        return _run_chunk(est, X, episodes, None)
+    if k == 1:  # in this process, on the estimator itself, left as it was
+        saved = est._save_adapted()
+        try:
+            return _outputs(est, torch.from_numpy(X), episodes)
+        finally:
+            est._restore_adapted(saved)
     chunks = [c for c in np.array_split(np.arange(len(episodes)), k) if len(c)]
     parts = parallel(k)(delayed(_run_chunk)(est, X, [episodes[i] for i in c], 1) for c in chunks)
     return [o for part in parts for o in part]
