@@ -33,6 +33,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps", nargs="+", default=["tests", "inner-loop", "daml"])
     parser.add_argument("--out", default="fewmed_results/gpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--device", default="cuda", help="cuda; 'cpu' only smoke-tests the DAML step"
+    )
     parser.add_argument("-v", "--verbose", type=int, default=1)
 
 
@@ -81,6 +84,19 @@ def _step(name: str, cmd: list[str], timeout: float, log: Path) -> dict:
     return {"command": " ".join(cmd), "exit": code, "seconds": time.perf_counter() - t}
 
 
+def _vmap_vs_loop(path: Path) -> dict:
+    """vmap over the meta-batch (``func``) against the per-task ``autograd`` loop."""
+    import json
+
+    if not path.is_file():
+        return {}
+    res = json.loads(path.read_text())["results"]
+    loop, vmap = res["fewmed autograd loop"], res["fewmed torch.func + vmap"]
+    ratio = loop["median_s"] / vmap["median_s"]
+    print(f"--- vmap over the meta-batch vs the per-task loop: {ratio:.2f}x (target >= 3x)")
+    return {"vmap_vs_loop": ratio, "loop_s": loop["median_s"], "vmap_s": vmap["median_s"]}
+
+
 def _daml(args, out: Path) -> dict:
     import numpy as np
 
@@ -101,7 +117,7 @@ def _daml(args, out: Path) -> dict:
         difficulty_start=args.iterations // 2,
         n_inner_steps=prof["inner_steps"],
         augment=prof["augment"],
-        device="cuda",
+        device=args.device,
         random_state=args.seed,
         verbose=args.verbose,
     )
@@ -124,7 +140,7 @@ def _daml(args, out: Path) -> dict:
 
 
 def run(args) -> dict:
-    gpu = require_cuda()
+    gpu = require_cuda() if args.device != "cpu" else None
     out = output_dir(args.out)
     root = Path(__file__).resolve().parents[2]
     result = {"environment": environment(), "gpu": gpu}
@@ -138,9 +154,9 @@ def run(args) -> dict:
         cmd = [*env_py, "-m", "fewmed.cli", "benchmark", "inner-loop", "--device", "cuda"]
         cmd += ["--out", str(out / "inner_loop")]
         result["inner_loop"] = _step("inner loop on the GPU", cmd, 120, out / "inner_loop.log")
+        result["inner_loop"].update(_vmap_vs_loop(out / "inner_loop" / "inner_loop.json"))
     if "daml" in args.steps:
         result["daml"] = _daml(args, out)
     write_json(out / "gpu.json", result)
     print(f"wrote {out / 'gpu.json'}")
     return result
-
