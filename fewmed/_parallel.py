@@ -15,7 +15,7 @@ episode does not depend on the episodes before it).
 
 from __future__ import annotations
 
-import copy
+import pickle
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,12 +59,12 @@ def _outputs(est, Xt: torch.Tensor, episodes: Sequence) -> list:
     return out
 
 
-def _run_chunk(est, X: np.ndarray, episodes: Sequence, threads: int) -> list:
-    """Adapt a copy of ``est`` to each episode; ``(query_y, probabilities)`` per episode."""
+def _run_chunk(payload: bytearray, episodes: Sequence, threads: int) -> list:
+    """Adapt a copy of the pickled ``(est, X)`` to each episode; ``(query_y, proba)`` each."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        est = copy.deepcopy(est)  # a process backend has copied it already; threads share it
+        est, X = pickle.loads(payload)  # a copy of its own, also on a threading backend
         return _outputs(est, torch.from_numpy(X), episodes)
     finally:
         torch.set_num_threads(previous)
@@ -101,5 +101,10 @@ def episode_outputs(est, X: np.ndarray, episodes: Sequence, n_jobs: int | None =
         finally:
             est._restore_adapted(saved)
     chunks = [c for c in np.array_split(np.arange(len(episodes)), k) if len(c)]
-    parts = parallel(k)(delayed(_run_chunk)(est, X, [episodes[i] for i in c], 1) for c in chunks)
+    payload = pickle.dumps((est, X), protocol=pickle.HIGHEST_PROTOCOL)
+    # one payload object per chunk: joblib's Dask backend scatters a large argument
+    # once, and Dask then runs every task that needs it on the worker holding it
+    parts = parallel(k)(
+        delayed(_run_chunk)(bytearray(payload), [episodes[i] for i in c], 1) for c in chunks
+    )
     return [o for part in parts for o in part]

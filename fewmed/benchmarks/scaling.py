@@ -38,6 +38,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--parts", nargs="+", default=["meta", "episodes", "data"])
     parser.add_argument("--iterations", type=int, default=12, help="meta-iterations per run")
     parser.add_argument("--filters", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (best kept)")
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--data", default=None, help="HAM10000 folder (default: FEWMED_DATA)")
     parser.add_argument("--out", default="fewmed_results/scaling")
@@ -69,11 +70,20 @@ def _meta_run(out: Path, name: str, ranks: int, threads: int, args) -> dict:
 
 
 def _meta(out: Path, args) -> dict:
-    runs = {
-        "1 rank x 1 thread": _meta_run(out, "1x1", 1, 1, args),
-        "1 rank x 2 threads": _meta_run(out, "1x2", 1, 2, args),
-        "2 ranks x 1 thread": _meta_run(out, "2x1", 2, 1, args),
+    configs = {
+        "1 rank x 1 thread": ("1x1", 1, 1),
+        "1 rank x 2 threads": ("1x2", 1, 2),
+        "2 ranks x 1 thread": ("2x1", 2, 1),
     }
+    runs: dict = {}
+    rounds: dict = {name: [] for name in configs}
+    for r in range(args.rounds):  # interleaved rounds; each configuration's best is kept
+        for name, (tag, ranks, threads) in configs.items():
+            res = _meta_run(out, f"{tag}_round{r}", ranks, threads, args)
+            rounds[name].append(res["iterations_per_second"])
+            best = runs.get(name)
+            if best is None or res["iterations_per_second"] > best["iterations_per_second"]:
+                runs[name] = res
     base = runs["1 rank x 1 thread"]
     g0 = np.asarray(base["grad0"])
     rows, result = [], {}
@@ -86,6 +96,7 @@ def _meta(out: Path, args) -> dict:
             "ratio": ratio,
             "grad0_max_abs_diff": diff,
             "grad0_max_abs": float(np.abs(g0).max()),
+            "iterations_per_second_each_round": rounds[name],
             "command": r["command"],
         }
     print(format_table(rows, ["meta-training", "iter/s", "vs 1x1", "max |grad0 - 1x1|"]))
@@ -104,10 +115,17 @@ def _episodes(args) -> dict:
     est.fit(d.images, d.target)
     res, scores = {}, {}
     for n in (1, 2):
-        with LocalCluster(
-            n_workers=n, threads_per_worker=1, host="127.0.0.1", dashboard_address=None,
-            silence_logs=40,
-        ) as cluster, Client(cluster), parallel_config("dask"):
+        with (
+            LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                host="127.0.0.1",
+                dashboard_address=None,
+                silence_logs=40,
+            ) as cluster,
+            Client(cluster),
+            parallel_config("dask"),
+        ):
             # two chunks on either cluster: one worker runs them one after the other
             est.episode_scores(d.images, d.target, n_tasks=4, n_jobs=2)  # warm the workers
             t = time.perf_counter()
@@ -115,12 +133,22 @@ def _episodes(args) -> dict:
             res[f"{n} worker(s)"] = time.perf_counter() - t
     ratio = res["1 worker(s)"] / res["2 worker(s)"]
     equal = bool(np.array_equal(scores[1], scores[2]))
-    print(format_table(
-        [[k, f"{v:.1f}"] for k, v in res.items()] + [["speed-up", f"{ratio:.2f}x"]],
-        [f"{args.episodes} episodes on Dask", "seconds"],
-    ))
-    print(f"scores equal on 1 and 2 workers: {equal}; mean AUC {scores[1].mean():.4f}")
-    return {"seconds": res, "speedup": ratio, "scores_equal": equal}
+    diff = float(np.abs(scores[1] - scores[2]).max())
+    print(
+        format_table(
+            [[k, f"{v:.1f}"] for k, v in res.items()] + [["speed-up", f"{ratio:.2f}x"]],
+            [f"{args.episodes} episodes on Dask", "seconds"],
+        )
+    )
+    means = [float(scores[1].mean()), float(scores[2].mean())]
+    print(f"scores equal on 1 and 2 workers: {equal} (max difference {diff:.1e}); mean AUC {means}")
+    return {
+        "seconds": res,
+        "speedup": ratio,
+        "scores_equal": equal,
+        "max_score_diff": diff,
+        "mean_auc": means,
+    }
 
 
 def _data(args) -> dict:
