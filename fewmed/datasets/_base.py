@@ -145,7 +145,7 @@ def _draft(im, size: tuple[int, int]) -> None:
     2x2 or 1x1 pixels, so the image that Pillow then resizes with its bilinear
     (triangle) filter is already a box-filtered reduction of the original. On
     HAM10000 (200x150 to 28x28: decoded at 1/4, 50x38) the pixels differ from a
-    full decode by 0.9 grey levels on average (``docs/data.md``). Not a JPEG, or
+    full decode by 1.14 grey levels on average (``docs/data.md``). Not a JPEG, or
     not a reduction: nothing changes.
     """
     if im.format == "JPEG" and (im.height > size[0] or im.width > size[1]):
