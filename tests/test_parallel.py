@@ -133,3 +133,16 @@ def test_dask_teacher_pool(toy_long_tail, dask_client):
     local = RelationalSubsetsDistiller(**params).fit(X, y)  # loky, the same plan
     np.testing.assert_allclose(on_dask.predict_proba(X), local.predict_proba(X), atol=1e-5)
     assert set(on_dask.teachers_) == set(local.teachers_)
+
+
+@pytest.mark.slow
+def test_dask_episodes_use_every_worker(tiny, dask_client):
+    from dask.distributed import get_task_stream
+
+    X, y, est = tiny
+    serial = est.episode_scores(X, y, n_tasks=6)
+    with get_task_stream(dask_client) as ts, parallel_config("dask"):
+        par = est.episode_scores(X, y, n_tasks=6, n_jobs=2)
+    np.testing.assert_array_equal(par, serial)
+    # each chunk has its own payload, so Dask does not pin both to one worker
+    assert len({t["worker"] for t in ts.data}) == 2
