@@ -42,6 +42,7 @@ Defaults that differ from skorch's, on purpose:
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -441,13 +442,22 @@ class ImageNetClassifier(NeuralNetClassifier):
         self._set_training(True)
         Xi, yi = unpack_data(batch)
         Xi = self._augment_batch(to_tensor(Xi, device=self.device))
-        y_pred = self.infer(Xi, **fit_params)
-        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
-        loss.backward()
+        with self._autocast():  # fewmed.accelerate: mixed precision where asked
+            y_pred = self.infer(Xi, **fit_params)
+            loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        self._backward(loss)
         terms = getattr(self, "last_terms_", None) or {}
         for name, value in terms.items():
             self.history.record_batch(name, float(value))
         return {"loss": loss, "y_pred": y_pred}
+
+    def _autocast(self):
+        """Context of the forward pass and loss (``fewmed.accelerate``: the accelerator's)."""
+        return contextlib.nullcontext()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate the loss (``fewmed.accelerate``: through the accelerator)."""
+        loss.backward()
 
     # ------------------------------------------------------------------ prediction
     def __sklearn_is_fitted__(self) -> bool:

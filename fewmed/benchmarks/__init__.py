@@ -14,6 +14,8 @@ BENCHMARKS = {
     "rskd": "fewmed.benchmarks.rskd",
     "reptile": "fewmed.benchmarks.reptile",
     "inner-loop": "fewmed.benchmarks.inner_loop",
+    "scaling": "fewmed.benchmarks.scaling",
+    "gpu": "fewmed.benchmarks.gpu",
 }
 
 __all__ = ["BENCHMARKS"]

@@ -59,6 +59,12 @@ PROFILES = {
 
 def add_arguments(parser) -> None:
     add_common_arguments(parser, default_out="fewmed_results/daml")
+    parser.add_argument(
+        "--n-jobs",
+        type=int,
+        default=None,
+        help="workers for the evaluation episodes (the active joblib backend; -1: all)",
+    )
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 3, 5])
     parser.add_argument("--etas", type=float, nargs="+", default=[1, 3, 5, 7])
     parser.add_argument("--eta", type=float, default=5.0, help="DAML's eta in Table 1")
@@ -123,7 +129,9 @@ def run(args) -> dict:
     def episode_scores(name, k, est):
         # every method is scored on the same tasks (same arguments), so they can be
         # compared task by task
-        scores = est.episode_scores(Xr, yr, n_tasks=n_tasks, n_shot=k, random_state=seed)
+        scores = est.episode_scores(
+            Xr, yr, n_tasks=n_tasks, n_shot=k, random_state=seed, n_jobs=args.n_jobs
+        )
         task_scores.setdefault(name, {})[k] = scores
         return mean_confidence_interval(scores)
 

@@ -93,8 +93,9 @@ def run(args) -> dict:
         ("fewmed autograd loop", model, "autograd"),
         ("fewmed torch.func + vmap", model, "func"),
         ("fewmed higher", model, "higher"),
-        ("fewmed threads (tasks in parallel)", model, "threads"),
     ]
+    if device.type == "cpu":  # the "threads" backend is for CPUs
+        candidates.append(("fewmed threads (tasks in parallel)", model, "threads"))
 
     def once(net, backend):
         net.zero_grad(set_to_none=True)

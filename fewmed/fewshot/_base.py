@@ -30,6 +30,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
+from fewmed._parallel import episode_outputs
 from fewmed._validation import check_image_shape, check_images, resolve_device
 from fewmed.fewshot._meta_net import IterationSchedule, MetaNet, fit_meta_net
 from fewmed.fewshot._tasks import TaskDataset
@@ -232,6 +233,7 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
         n_shot: int | None = None,
         n_query: int | None = None,
         random_state=None,
+        n_jobs: int | None = None,
     ) -> np.ndarray:
         """AUC of each of ``n_tasks`` tasks sampled from ``(X, y)``.
 
@@ -241,7 +243,9 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
         depend only on ``(y, n_way, n_shot, n_query, n_tasks, random_state)``, so
         two estimators scored with the same arguments see the same tasks, and
         :func:`fewmed.metrics.paired_confidence_interval` compares them task by
-        task.
+        task. ``n_jobs`` spreads the tasks over workers of the active joblib backend
+        (``None``: the estimator's ``n_jobs`` if it has one; see
+        :func:`fewmed._parallel.episode_outputs`): the scores equal the serial ones.
 
         Returns
         -------
@@ -256,18 +260,9 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
         n_tasks = n_tasks or getattr(self, "n_score_tasks", 100)
         seed = self.random_state if random_state is None else random_state
         sampler = EpisodeSampler(n_way, k, q, random_state=_score_seed(seed))
-        saved = self._save_adapted()
-        y_true, y_score = [], []
-        try:
-            for ep in sampler.sample(y, n_tasks):
-                self.classes_ = ep.classes
-                self._adapt(Xt[ep.support_idx], torch.as_tensor(ep.support_y))
-                logits = torch.as_tensor(self._predict_logits(Xt[ep.query_idx]))
-                y_true.append(ep.query_y)
-                y_score.append(torch.softmax(logits.double(), 1).numpy())
-        finally:
-            self._restore_adapted(saved)
-        return task_aucs(y_true, y_score)
+        n_jobs = getattr(self, "n_jobs", None) if n_jobs is None else n_jobs
+        outputs = episode_outputs(self, Xt.numpy(), sampler.sample(y, n_tasks), n_jobs)
+        return task_aucs([t for t, _ in outputs], [s for _, s in outputs])
 
     def score_episodes(
         self,
@@ -278,6 +273,7 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
         n_shot: int | None = None,
         n_query: int | None = None,
         random_state=None,
+        n_jobs: int | None = None,
     ) -> ConfidenceInterval:
         """Mean AUC and 95% CI over tasks sampled from ``(X, y)``.
 
@@ -285,7 +281,13 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
         """
         return mean_confidence_interval(
             self.episode_scores(
-                X, y, n_tasks=n_tasks, n_shot=n_shot, n_query=n_query, random_state=random_state
+                X,
+                y,
+                n_tasks=n_tasks,
+                n_shot=n_shot,
+                n_query=n_query,
+                random_state=random_state,
+                n_jobs=n_jobs,
             )
         )
 

@@ -24,6 +24,7 @@ from skorch.callbacks import Callback, PassthroughScoring, ProgressBar
 from skorch.dataset import unpack_data
 from skorch.utils import to_device
 
+from fewmed.fewshot import _distributed
 from fewmed.fewshot._tasks import TaskDataset
 
 __all__ = ["MetaNet", "IterationSchedule", "step_decay", "linear_anneal"]
@@ -143,8 +144,19 @@ class MetaNet(NeuralNet):
         kwargs = self.get_params_for(prefix)
         kwargs.setdefault("batch_size", self.batch_size)
         kwargs.setdefault("generator", torch.Generator())
+        if training:  # under torch.distributed: this rank's share of every meta-batch
+            kwargs = _distributed.loader_kwargs(kwargs, dataset)
         iterator = self.iterator_train if training else self.iterator_valid
         return iterator(dataset, **kwargs)
+
+    def on_grad_computed(self, net, named_parameters, batch=None, **kwargs):
+        super().on_grad_computed(net, named_parameters, batch=batch, **kwargs)
+        _distributed.reduce_gradients(self, batch)  # no-op in one process
+
+    def on_batch_end(self, net, batch=None, training=None, **kwargs):
+        super().on_batch_end(net, batch=batch, training=training, **kwargs)
+        if training:
+            _distributed.reduce_after_step(self)  # no-op in one process
 
     # ------------------------------------------------------------ helpers
     def unpack_tasks(self, batch) -> tuple[torch.Tensor, ...]:
@@ -189,8 +201,10 @@ def fit_meta_net(
     from skorch.helper import predefined_split
 
     net.train_split = None if valid is None else predefined_split(valid)
+    _distributed.before_fit(net, train, valid)  # torch.distributed: rank 0's seeds
     if not resume or not net.initialized_:
         net.initialize()
+    _distributed.after_initialize(net)  # torch.distributed: rank 0's network
     net.max_epochs = train.n_epochs(net.n_iter_ * net.batch_size)
     if net.max_epochs:
         net.partial_fit(train, None)

@@ -119,7 +119,8 @@ class RelationalSubsetsDistiller(LongTailClassifier):
         ``{"max_epochs": 10, "n_filters": 32}``); teachers always use ``kd=None``,
         plain CE / BCE, no class weights and no sampler unless given here.
     n_jobs : int or None, default=None
-        Cores for the teachers (joblib, loky backend); ``-1`` for all. Teachers
+        Workers for the teachers on the active joblib backend (loky processes
+        unless :func:`joblib.parallel_config` chooses dask, ray, ...); ``-1`` for all. Teachers
         train at once, one torch thread each; once none is waiting, the cores of
         finished ones go to those still training, at points planned from the
         subsets' sizes (a seed reproduces for a given ``n_jobs``).

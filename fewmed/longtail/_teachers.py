@@ -10,7 +10,7 @@ fitted teachers (the estimator keeps its skorch hooks):
   the teacher learns and the columns of its output that stand for the subset's
   classes; :func:`teacher_params` gives a teacher the student's parameters it
   shares, and :func:`teacher_jobs` puts both together for :func:`fit_teachers`;
-* :func:`fit_teachers` trains the teachers in parallel (joblib, loky), cached,
+* :func:`fit_teachers` trains the teachers in parallel (joblib's active backend), cached,
   each by :func:`fit_teacher`, giving the cores of finished workers to the
   teachers still training (:func:`thread_plan`, :class:`ThreadSchedule`);
 * :func:`teacher_logits`, :func:`teacher_class_probs` and
@@ -26,10 +26,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from joblib import Memory, Parallel, delayed, effective_n_jobs
+from joblib import Memory, delayed, effective_n_jobs
 from skorch.callbacks import Callback
 from skorch.utils import to_tensor
 
+from fewmed._parallel import parallel
 from fewmed.longtail._distillation import binary_log_probs, per_class_scores
 
 #: The family's parameters (``LongTailClassifier._family_param_names``) that a teacher
@@ -311,8 +312,9 @@ def fit_teachers(
 
     ``fit(params, X, y, plan)`` (default: :func:`fit_teacher`) fits one teacher
     following ``plan``, its :func:`thread_plan` entry (``[(fraction done, torch
-    threads), ...]``): the jobs run longest first in ``n_jobs`` joblib *loky*
-    workers with one torch thread each, and when the queue is empty the cores of
+    threads), ...]``): the jobs run longest first in ``n_jobs`` workers of the
+    active joblib backend (loky processes unless a :func:`joblib.parallel_config`
+    chooses dask, ray, ...) with one torch thread each, and when the queue is empty the cores of
     finished workers go to the teachers still training (the work of a job is its
     number of samples). They run through ``memory`` (a path or
     :class:`joblib.Memory`) when given. Each fitted teacher gets
@@ -332,7 +334,7 @@ def fit_teachers(
     plans = thread_plan(work, n_cores)  # simulates the order below
     n_workers = min(n_cores, max(1, len(jobs)))
     order = _longest_first(work)
-    fitted = Parallel(n_jobs=n_workers, backend="loky")(
+    fitted = parallel(n_workers)(  # the active joblib backend: loky, dask, ray, ...
         delayed(fit)(jobs[j][1], jobs[j][2], jobs[j][3], plans[j]) for j in order
     )
     teachers = {}

@@ -1,0 +1,164 @@
+"""The skorch estimators data-parallel (and in mixed precision) through Hugging Face Accelerate.
+
+skorch's :class:`skorch.hf.AccelerateMixin` prepares a net's module, criterion,
+optimizer and data loaders with an :class:`accelerate.Accelerator`: launched with
+``accelerate launch`` or ``torchrun``, every process trains on its share of each
+epoch's batches and the gradients are averaged (``DistributedDataParallel``);
+``Accelerator(mixed_precision="bf16")`` (or ``"fp16"``, GPU) runs the forward
+pass and loss under ``torch.autocast``.
+
+fewmed's skorch classifiers build their real networks only when ``fit`` sees the
+data (``ImageNetClassifier.check_data``), after skorch's ``initialize`` has run;
+:class:`AccelerateFitMixin` hands those real modules, criteria and optimizer to
+the accelerator when they are built, and keeps fewmed's training step
+(augmentation, the loss terms in the history) with the accelerator's
+``autocast`` and ``backward``. Classes ready to use:
+:class:`AcceleratedRelationalSubsetsDistiller` (data-parallel over processes; its
+teachers train as usual, on joblib workers: see ``docs/scaling.md``) and
+:class:`AcceleratedCDCClassifier` (one process: mixed precision only).
+
+``device`` must be ``None`` (the accelerator places the data and modules).
+
+Examples
+--------
+A script ``train.py`` launched with ``torchrun --nproc-per-node 2 train.py``::
+
+    from accelerate import Accelerator
+    from fewmed.accelerate import AcceleratedCDCClassifier
+    clf = AcceleratedCDCClassifier(accelerator=Accelerator(), device=None, max_epochs=20)
+    clf.fit(X, y)            # each process trains on its share of every epoch
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from skorch.callbacks import LRScheduler
+from skorch.hf import AccelerateMixin
+from torch import nn
+
+from fewmed.longtail import CDCClassifier, RelationalSubsetsDistiller
+
+__all__ = [
+    "AccelerateFitMixin",
+    "AcceleratedCDCClassifier",
+    "AcceleratedRelationalSubsetsDistiller",
+]
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """The log's sink on the processes other than the main one."""
+
+
+class AccelerateFitMixin(AccelerateMixin):
+    """skorch's ``AccelerateMixin`` for fewmed's ``ImageNetClassifier`` subclasses.
+
+    Put it first in the bases: ``class MyAccelerated(AccelerateFitMixin, CDCClassifier)``.
+    """
+
+    def _initialize_callbacks(self):
+        if self.callbacks__print_log__sink == "auto":  # the log on the main process only
+            main = self.accelerator.is_main_process
+            self.callbacks__print_log__sink = print if main else _silent
+        return super()._initialize_callbacks()
+
+    def _set_data_info(self, X: Any, Xc, targets, info: dict) -> None:
+        if self._wrapped_with_accelerator:
+            self._unwrap_accelerator()  # the criterion may be rebuilt on a refit
+        super()._set_data_info(X, Xc, targets, info)
+        self._wrapped_with_accelerator = False
+        self._initialize_accelerator()  # the real networks, built from the data
+
+    def _initialize_accelerator(self):
+        """Prepare the real modules, criteria and optimizers (skorch's, minus the ones
+        without trainable parameters: ``DistributedDataParallel`` refuses them)."""
+        if self._wrapped_with_accelerator or getattr(self, "built_for_", None) is None:
+            return self  # the placeholder before the data: wait for the real networks
+        for kind, names in (("criterion", self._criteria), ("module", self._modules)):
+            with self._current_init_context(kind):
+                for name in names:
+                    m = getattr(self, name + "_")
+                    if isinstance(m, nn.Module) and any(p.requires_grad for p in m.parameters()):
+                        setattr(self, name + "_", self.accelerator.prepare(m))
+        with self._current_init_context("optimizer"):
+            for name in self._optimizers:
+                opt = getattr(self, name + "_")
+                if isinstance(opt, torch.optim.Optimizer):
+                    setattr(self, name + "_", self.accelerator.prepare(opt))
+        for _, cb in self.callbacks_:
+            if isinstance(cb, LRScheduler):
+                cb.policy_ = self.accelerator.prepare(cb.policy_)
+        self._wrapped_with_accelerator = True
+        return self
+
+    def train_step_single(self, batch, **fit_params):
+        # fewmed's step (augmentation, loss terms) with the hooks below, not skorch's
+        return super(AccelerateMixin, self).train_step_single(batch, **fit_params)
+
+    def _autocast(self):
+        return self.accelerator.autocast()
+
+    def _backward(self, loss) -> None:
+        self.accelerator.backward(loss)
+
+
+class AcceleratedCDCClassifier(AccelerateFitMixin, CDCClassifier):
+    """:class:`~fewmed.CDCClassifier` trained through an ``accelerator``: one process only.
+
+    Mixed precision (``Accelerator(mixed_precision=...)``) works; several processes
+    do not: CDC's training step calls its backbone's ``forward_features``, the
+    decoder and the twin head outside the backbone's ``forward``, and
+    ``DistributedDataParallel`` synchronises gradients only through ``forward``.
+    With more than one process ``fit`` raises a ``ValueError`` saying so.
+
+    Parameters
+    ----------
+    accelerator : accelerate.Accelerator
+        Decides the processes, devices and mixed precision.
+    **kwargs
+        :class:`~fewmed.CDCClassifier`'s parameters; ``device`` must be ``None``.
+
+    Examples
+    --------
+    >>> from accelerate import Accelerator
+    >>> from fewmed.datasets import make_synthetic_lesions
+    >>> d = make_synthetic_lesions(n_classes=3, n_per_class=10, size=16, random_state=0)
+    >>> clf = AcceleratedCDCClassifier(accelerator=Accelerator(cpu=True), device=None,
+    ...                                n_filters=4, max_epochs=1, random_state=0)
+    >>> clf.fit(d.images, d.target).predict(d.images[:3]).shape
+    (3,)
+    """
+
+    def _initialize_accelerator(self):
+        if self.accelerator.num_processes > 1:
+            raise ValueError(
+                "AcceleratedCDCClassifier runs on one process only: CDC calls its backbone's "
+                "forward_features, decoder and twin head outside forward(), which "
+                "DistributedDataParallel cannot synchronise. Launch one process (mixed "
+                "precision works), or use AcceleratedRelationalSubsetsDistiller."
+            )
+        return super()._initialize_accelerator()
+
+
+class AcceleratedRelationalSubsetsDistiller(AccelerateFitMixin, RelationalSubsetsDistiller):
+    """:class:`~fewmed.RelationalSubsetsDistiller` whose student trains through an ``accelerator``.
+
+    Parameters
+    ----------
+    accelerator : accelerate.Accelerator
+    **kwargs
+        :class:`~fewmed.RelationalSubsetsDistiller`'s parameters; ``device`` must be
+        ``None``. The teachers train as usual, in parallel on joblib's backend.
+
+    Examples
+    --------
+    >>> from accelerate import Accelerator
+    >>> from fewmed.datasets import make_synthetic_lesions
+    >>> d = make_synthetic_lesions(n_classes=3, n_per_class=10, size=16, random_state=0)
+    >>> clf = AcceleratedRelationalSubsetsDistiller(
+    ...     accelerator=Accelerator(cpu=True), device=None, n_filters=4, max_epochs=1,
+    ...     random_state=0)
+    >>> clf.fit(d.images, d.target).predict(d.images[:3]).shape
+    (3,)
+    """
