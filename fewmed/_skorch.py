@@ -25,7 +25,8 @@ defaults and hooks fewmed's imbalance learners (``CDCClassifier``,
   (the global torch RNG is left as it was);
 * ``get_iterator`` gives the training ``DataLoader`` a seeded
   :class:`torch.Generator`, so shuffling is reproducible without global seeding;
-* ``train_step_single`` applies the optional augmentation (seeded too).
+* ``on_train_begin`` also seeds the optional augmentation (from ``random_state``),
+  which ``train_step_single`` applies.
 * ``infer`` hands the network its batches on its device, in channels-last memory
   layout on the CPU for the subclasses that ask for it (``_wants_channels_last``);
   ``initialize_module`` puts their networks in that layout.
@@ -42,6 +43,7 @@ Defaults that differ from skorch's, on purpose:
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -55,10 +57,18 @@ from skorch.utils import to_tensor
 from torch import nn
 
 from ._dataset import ArrayDataset, collate_batch, is_array_dataset, softmax
-from ._validation import check_images, check_labels, check_raw_input, resolve_device
+from ._validation import (
+    check_images,
+    check_labels,
+    check_raw_input,
+    resolve_device,
+    seeded_torch,
+)
 from .nn import make_augment
 
 __all__ = ["ImageNetClassifier"]
+
+_SKORCH_INIT_STATE = {"history_": None, "initialized_": False, "virtual_params_": {}}
 
 
 def _encoded_scores(net: ImageNetClassifier, X: Any, y: Any) -> float:
@@ -148,6 +158,17 @@ class ImageNetClassifier(NeuralNetClassifier):
         )
         self.augment = augment
         self.random_state = random_state
+        # skorch's __init__ stores history_, initialized_ and virtual_params_ on the
+        # instance; scikit-learn's contract is that __init__ stores parameters only.
+        # Their unfitted values live on the class (below), so nothing else is set.
+        for name, default in _SKORCH_INIT_STATE.items():
+            if self.__dict__.get(name, default) == default:
+                self.__dict__.pop(name, None)
+
+    # the unfitted state skorch's __init__ would set on the instance
+    history_ = None
+    initialized_ = False
+    virtual_params_ = MappingProxyType({})  # read-only: initialize() sets the instance's
 
     # ------------------------------------------------------------------ callbacks
     @property
@@ -212,8 +233,7 @@ class ImageNetClassifier(NeuralNetClassifier):
             self.built_for_ = None
             return self
         self._draw_seeds()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seeds_["init"])
+        with seeded_torch(self.seeds_["init"]):
             self._build_modules(info)
         self.built_for_ = self._signature(info)
         if self._channels_last():
@@ -268,7 +288,15 @@ class ImageNetClassifier(NeuralNetClassifier):
         if not isinstance(X, torch.utils.data.Dataset):
             self.check_data(X, y)
             self._prechecked_ = (id(X), id(y))
+        self._seed_augmentation()
         return super().on_train_begin(net, X=X, y=y, **kwargs)
+
+    def _seed_augmentation(self) -> None:
+        """The fit's augmentation and its generator, seeded from ``random_state``."""
+        if getattr(self, "seeds_", None) is None:  # a Dataset X: no build drew them
+            self._draw_seeds()
+        self.augment_ = make_augment(self.augment)
+        self.augment_generator_ = torch.Generator().manual_seed(self.seeds_["augment"])
 
     def _as_array(self, X: Any) -> np.ndarray:
         if not isinstance(X, torch.Tensor | np.ndarray):
@@ -390,12 +418,8 @@ class ImageNetClassifier(NeuralNetClassifier):
     def get_iterator(self, dataset, training: bool = False):
         """skorch's iterator, with a seeded generator for the training shuffle.
 
-        Called once per ``fit`` after ``check_data``; also seeds the augmentation.
+        Called once per ``fit`` after ``on_train_begin`` (which drew the seeds).
         """
-        if training:
-            seeds = getattr(self, "seeds_", None) or {"augment": 0}
-            self.augment_ = make_augment(self.augment)
-            self.augment_generator_ = torch.Generator().manual_seed(seeds["augment"])
         if training and "iterator_train__generator" not in self.__dict__:
             seeds = getattr(self, "seeds_", None)
             if seeds is not None and self.__dict__.get("iterator_train__shuffle", True):

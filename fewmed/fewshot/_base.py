@@ -30,7 +30,16 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from fewmed._validation import check_image_shape, check_images, resolve_device
+from fewmed._validation import (
+    AUGMENT_CONSTRAINT,
+    DEVICE_CONSTRAINT,
+    MODULE_CONSTRAINT,
+    check_labels,
+    resolve_device,
+    seed_int,
+    seeded_torch,
+    validate_images,
+)
 from fewmed.fewshot._meta_net import IterationSchedule, MetaNet, fit_meta_net
 from fewmed.fewshot._tasks import TaskDataset
 from fewmed.metrics import ConfidenceInterval, mean_confidence_interval, task_aucs
@@ -137,8 +146,7 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
     def _seeded_backbone(self, seed: int, n_classes: int | None, **kwargs) -> torch.nn.Module:
         """``module`` built for ``input_shape_`` with weights from ``seed`` (no global RNG)."""
         c, h, w = self.input_shape_
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_torch(seed):
             return build_backbone(
                 self.module,
                 in_channels=c,
@@ -315,7 +323,7 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
+        tags.input_tags.two_d_array = True
         tags.input_tags.three_d_array = True
         tags.non_deterministic = False
         return tags
