@@ -43,6 +43,7 @@ Defaults that differ from skorch's, on purpose:
 
 from __future__ import annotations
 
+from numbers import Integral, Real
 from types import MappingProxyType
 from typing import Any
 
@@ -50,6 +51,12 @@ import numpy as np
 import torch
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import (
+    Interval,
+    Options,
+    StrOptions,
+    validate_parameter_constraints,
+)
 from skorch import NeuralNetClassifier
 from skorch.callbacks import EpochScoring, EpochTimer, PassthroughScoring, PrintLog
 from skorch.dataset import unpack_data
@@ -58,6 +65,9 @@ from torch import nn
 
 from ._dataset import ArrayDataset, collate_batch, is_array_dataset, softmax
 from ._validation import (
+    AUGMENT_CONSTRAINT,
+    DEVICE_CONSTRAINT,
+    MODULE_CONSTRAINT,
     check_images,
     check_labels,
     check_raw_input,
@@ -191,19 +201,46 @@ class ImageNetClassifier(NeuralNetClassifier):
         cbs.append(("print_log", PrintLog()))
         return cbs
 
+    #: The constraints of skorch's parameters and fewmed's ``augment`` and
+    #: ``random_state`` (subclasses add theirs); checked by scikit-learn's
+    #: ``_validate_params`` in :meth:`initialize`. ``max_epochs=0`` is refused: it
+    #: would leave an untrained network that predicts.
+    _parameter_constraints: dict = {
+        "module": MODULE_CONSTRAINT,
+        "criterion": [callable, None],
+        "optimizer": [callable],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), Options(Integral, {-1})],
+        "iterator_train": [callable],
+        "iterator_valid": [callable],
+        "dataset": [callable],
+        "train_split": [callable, None],
+        "callbacks": [list, tuple, StrOptions({"disable"}), None],
+        "predict_nonlinearity": [callable, StrOptions({"auto"}), None],
+        "warm_start": ["boolean"],
+        "verbose": ["verbose"],
+        "device": DEVICE_CONSTRAINT,
+        "compile": ["boolean"],
+        "use_caching": ["boolean", StrOptions({"auto"})],
+        "torch_load_kwargs": [dict, None],
+        "classes": ["array-like", None],
+        "augment": AUGMENT_CONSTRAINT,
+        "random_state": ["random_state"],
+    }
+
     def _check_params(self) -> None:
-        """Validate hyper-parameters (subclasses extend); raise ``ValueError`` naming them."""
-        for name in ("max_epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-                raise ValueError(f"{name} must be an int, got {value!r}.")
-        if self.max_epochs < 0:
-            raise ValueError(f"max_epochs must be >= 0, got {self.max_epochs}.")
-        if self.batch_size < 1 and self.batch_size != -1:
-            raise ValueError(f"batch_size must be >= 1 (or -1 for all), got {self.batch_size}.")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr must be a positive float, got {self.lr!r}.")
-        make_augment(self.augment)
+        """Validate the hyper-parameters against ``_parameter_constraints``
+        (scikit-learn's ``InvalidParameterError``, a ``ValueError`` naming them).
+
+        scikit-learn's ``BaseEstimator._validate_params`` is shadowed by skorch's
+        (which checks the ``prefix__name`` arguments), so its function is called.
+        """
+        validate_parameter_constraints(
+            self._parameter_constraints,
+            self.get_params(deep=False),
+            caller_name=type(self).__name__,
+        )
 
     def _loss_terms(self) -> tuple[str, ...]:
         """Names of the per-batch loss terms recorded in the history (subclasses)."""

@@ -111,7 +111,7 @@ def check_images(X: Any, *, name: str = "X") -> np.ndarray:
         try:
             X = X.astype(np.float64)
         except (TypeError, ValueError) as exc:
-            raise ValueError(
+            raise TypeError(
                 f"{name} has dtype object that cannot be converted to numbers ({exc}): pass "
                 "uint8 images or floats."
             ) from exc
@@ -158,7 +158,9 @@ def check_images(X: Any, *, name: str = "X") -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def check_image_shape(X: np.ndarray, expected: tuple[int, ...], *, name: str = "X") -> None:
+def check_image_shape(
+    X: np.ndarray, expected: tuple[int, ...], *, name: str = "X", estimator: str = "the estimator"
+) -> None:
     """Raise a ``ValueError`` when ``X``'s ``(C, H, W)`` differs from what ``fit`` saw.
 
     Examples
@@ -171,7 +173,7 @@ def check_image_shape(X: np.ndarray, expected: tuple[int, ...], *, name: str = "
         c, h, w = expected
         if got[:2] == (1, 1) and (c, h) == (1, 1):  # tabular (n, d) input
             raise ValueError(
-                f"{name} has {got[2]} features, but the estimator is expecting {w} features "
+                f"{name} has {got[2]} features, but {estimator} is expecting {w} features "
                 "as input: pass rows of the width seen in fit."
             )
         raise ValueError(
@@ -389,7 +391,7 @@ def validate_images(estimator: Any, X: Any, *, reset: bool, name: str = "X") -> 
         estimator.input_shape_ = tuple(int(v) for v in Xt.shape[1:])
         estimator.n_features_in_ = int(np.prod(estimator.input_shape_))
     else:
-        check_image_shape(Xt, estimator.input_shape_, name=name)
+        check_image_shape(Xt, estimator.input_shape_, name=name, estimator=type(estimator).__name__)
     return Xt
 
 

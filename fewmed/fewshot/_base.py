@@ -36,7 +36,6 @@ from fewmed._validation import (
     MODULE_CONSTRAINT,
     check_labels,
     resolve_device,
-    seed_int,
     seeded_torch,
     validate_images,
 )
@@ -61,6 +60,9 @@ META_CONSTRAINTS: dict = {
     "iterations_per_epoch": [Interval(Integral, 1, None, closed="left")],
     "n_valid_tasks": [Interval(Integral, 1, None, closed="left")],
     "callbacks": [list, None],
+    "module": MODULE_CONSTRAINT,
+    "augment": AUGMENT_CONSTRAINT,
+    "device": DEVICE_CONSTRAINT,
     "verbose": ["verbose"],
     "random_state": ["random_state"],
 }
@@ -120,27 +122,19 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
             shape = (X.n_way, X.n_shot, X.n_query)
             X, y = X.X, X.y
         if y is None:
-            raise ValueError("fit needs labels y (or a TaskDistribution as X).")
-        Xt = check_images(X)
-        y = np.asarray(y)
-        if y.ndim != 1:
-            raise ValueError(f"y must be 1-D class labels, got shape {y.shape}.")
-        if len(y) != len(Xt):
-            raise ValueError(f"X and y differ in length: {len(Xt)} != {len(y)}.")
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None: "
+                "fit needs labels y (or a TaskDistribution as X)."
+            )
+        Xt = validate_images(self, X, reset=True)
+        y = check_labels(y, len(Xt), estimator=type(self).__name__)
         n_way, n_shot, n_query = self._task_shape()
         if shape is not None:
             n_way = shape[0] or n_way
             n_shot = shape[1] or n_shot
             n_query = shape[2] if shape[2] is not None else n_query
         self.task_shape_ = (n_way, n_shot, n_query)
-        self.input_shape_ = tuple(Xt.shape[1:])
-        self.n_features_in_ = int(np.prod(self.input_shape_))
         self.train_classes_ = np.unique(y)
-        if len(self.train_classes_) < 2:
-            raise ValueError(
-                f"y has a single class ({self.train_classes_[0]!r}); meta-training needs at "
-                "least n_way classes."
-            )
         return Xt, y
 
     def _seeded_backbone(self, seed: int, n_classes: int | None, **kwargs) -> torch.nn.Module:
@@ -163,9 +157,8 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
                 delattr(self, a)
 
     def _check_X(self, X, name: str = "X") -> torch.Tensor:
-        Xt = check_images(X, name=name)
-        check_image_shape(Xt, self.input_shape_, name=name)
-        return torch.from_numpy(Xt)
+        check_is_fitted(self, "input_shape_")
+        return torch.from_numpy(validate_images(self, X, reset=False, name=name))
 
     # ------------------------------------------------------------ protocol
     def adapt(self, X, y):
@@ -214,16 +207,18 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
 
     def decision_function(self, X) -> np.ndarray:
         """Logits ``(n, n_classes)``, or the positive-class margin ``(n,)`` for two classes."""
+        Xt = self._check_X(X)  # validated first: bad input is named even before adapt
         self._check_adapted()
-        logits = self._predict_logits(self._check_X(X))
+        logits = self._predict_logits(Xt)
         if logits.shape[1] == 2:
             return logits[:, 1] - logits[:, 0]
         return logits
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities on the adapted task, columns in the order of ``classes_``."""
+        Xt = self._check_X(X)  # validated first: bad input is named even before adapt
         self._check_adapted()
-        logits = torch.as_tensor(self._predict_logits(self._check_X(X)))
+        logits = torch.as_tensor(self._predict_logits(Xt))
         return torch.softmax(logits.double(), dim=1).numpy()
 
     def predict(self, X) -> np.ndarray:
