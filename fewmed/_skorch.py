@@ -78,7 +78,7 @@ from .nn import make_augment
 
 __all__ = ["ImageNetClassifier"]
 
-_SKORCH_INIT_STATE = {"history_": None, "initialized_": False, "virtual_params_": {}}
+_SKORCH_INIT_STATE = {"history_": None, "_initialized": False, "virtual_params_": {}}
 
 
 def _encoded_scores(net: ImageNetClassifier, X: Any, y: Any) -> float:
@@ -177,8 +177,24 @@ class ImageNetClassifier(NeuralNetClassifier):
 
     # the unfitted state skorch's __init__ would set on the instance
     history_ = None
-    initialized_ = False
     virtual_params_ = MappingProxyType({})  # read-only: initialize() sets the instance's
+
+    @property
+    def initialized_(self) -> bool:
+        """Whether skorch's ``initialize`` ran (stored once it did).
+
+        Missing while skorch's ``__init__`` sets the parameters: its ``__setattr__``
+        tells that phase by ``hasattr(self, "initialized_")``.
+        """
+        if "_initialized" in self.__dict__:
+            return self.__dict__["_initialized"]
+        if "_params_to_validate" not in self.__dict__:  # inside NeuralNet.__init__
+            raise AttributeError("initialized_")
+        return False
+
+    @initialized_.setter
+    def initialized_(self, value: bool) -> None:
+        self.__dict__["_initialized"] = value
 
     # ------------------------------------------------------------------ callbacks
     @property

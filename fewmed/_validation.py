@@ -155,7 +155,8 @@ def check_images(X: Any, *, name: str = "X") -> np.ndarray:
             raise ValueError(
                 f"{name} contains NaN or infinity: clean or impute the images before fitting."
             )
-    return np.ascontiguousarray(out)
+    out = np.ascontiguousarray(out)
+    return out if out.flags.writeable else out.copy()  # torch needs writable memory
 
 
 def check_image_shape(
