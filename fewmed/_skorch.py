@@ -265,8 +265,14 @@ class ImageNetClassifier(NeuralNetClassifier):
     # ------------------------------------------------------------------ init hooks
     def initialize(self):
         """Check the parameters, resolve ``device`` (``"auto"``; a clear error for a missing
-        GPU), then skorch's initialisation."""
+        GPU), then skorch's initialisation.
+
+        The attributes before it are kept until the fit ends: a fit that fails on its
+        data or whose loss becomes NaN / infinite puts them back (:meth:`_restore`).
+        """
         self._check_params()
+        self.__dict__.pop("_before_fit", None)
+        self._before_fit = dict(self.__dict__)
         if self.device is not None:
             resolved = resolve_device(self.device)
             if self.device == "auto":
@@ -339,7 +345,11 @@ class ImageNetClassifier(NeuralNetClassifier):
         """
         self._prechecked_ = None  # a key left by an interrupted fit must not match
         if not isinstance(X, torch.utils.data.Dataset):
-            self.check_data(X, y)
+            try:
+                self.check_data(X, y)
+            except Exception:
+                self._restore()
+                raise
             self._prechecked_ = (id(X), id(y))
         self._seed_augmentation()
         return super().on_train_begin(net, X=X, y=y, **kwargs)
@@ -408,6 +418,14 @@ class ImageNetClassifier(NeuralNetClassifier):
         if not getattr(self, "fresh_", True) and built is not None:
             if tuple(Xc.shape[1:]) != built[0]:  # partial_fit / warm start on other shapes
                 raise self._shape_error(tuple(Xc.shape[1:]), built[0])
+            if self.classes is None:  # partial_fit / warm start with labels never seen
+                unseen = np.setdiff1d(np.unique(y), np.asarray(self.classes_))
+                if len(unseen):
+                    raise ValueError(
+                        f"y contains labels {unseen.tolist()} that are not among the classes "
+                        f"{np.asarray(self.classes_).tolist()} of the first fit: pass every "
+                        "class as classes=[...] to the constructor, or refit with fit."
+                    )
         if self.classes is not None:
             self.classes_inferred_ = np.asarray(self.classes)
         else:
@@ -425,6 +443,14 @@ class ImageNetClassifier(NeuralNetClassifier):
     def _set_data_info(self, X: Any, Xc: np.ndarray, targets: np.ndarray, info: dict) -> None:
         """Record the checked data's facts and cache; (re)build what they call for."""
         built = getattr(self, "built_for_", None)
+        if not getattr(self, "fresh_", True) and built is not None:
+            if int(info["n_classes"]) != built[1]:  # partial_fit: a head of another width
+                kind = "labels (columns of Y)" if info.get("multilabel") else "classes"
+                raise ValueError(
+                    f"y has {info['n_classes']} {kind} but {type(self).__name__} was fitted "
+                    f"on {built[1]}: keep the width of the first fit (pass classes=[...] to "
+                    "the constructor), or refit with fit."
+                )
         self.data_info_ = info
         self.input_shape_ = info["input_shape"]
         self.n_features_in_ = int(np.prod(Xc.shape[1:]))
@@ -501,9 +527,17 @@ class ImageNetClassifier(NeuralNetClassifier):
             return iterator(dataset, **kwargs)
         return super().get_iterator(dataset, training=training)
 
+    def _restore(self) -> None:
+        """Put back the attributes of before this fit's ``initialize`` (when it ran)."""
+        before = self.__dict__.pop("_before_fit", None)
+        if before is not None:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+
     def on_train_end(self, net, X=None, y=None, **kwargs):
         self.fit_cache_ = None
         self.__dict__.pop("_prechecked_", None)
+        self.__dict__.pop("_before_fit", None)
         return super().on_train_end(net, X=X, y=y, **kwargs)
 
     # ------------------------------------------------------------------ training
@@ -520,6 +554,14 @@ class ImageNetClassifier(NeuralNetClassifier):
         Xi = self._augment_batch(to_tensor(Xi, device=self.device))
         y_pred = self.infer(Xi, **fit_params)
         loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        if not torch.isfinite(loss).all():
+            epoch = len(self.history)
+            self._restore()
+            raise FloatingPointError(
+                f"training diverged in epoch {epoch}: the loss is {float(loss.detach())}. "
+                f"Lower lr (now {self.lr}), or check the images for extreme values; "
+                f"{type(self).__name__} was left as it was before this fit."
+            )
         loss.backward()
         terms = getattr(self, "last_terms_", None) or {}
         for name, value in terms.items():

@@ -95,10 +95,16 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
         -------
         self
         """
-        if hasattr(self, "_parameter_constraints"):
-            self._validate_params()
-        Xt, y = self._validate_fit_input(X, y)
-        self._fit(Xt, y, **fit_params)
+        before = dict(self.__dict__)
+        try:
+            if hasattr(self, "_parameter_constraints"):
+                self._validate_params()
+            Xt, y = self._validate_fit_input(X, y)
+            self._fit(Xt, y, **fit_params)
+        except BaseException:  # bad input, a diverging run, an interrupt: as before
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
         self._forget_adaptation()  # what adapt set belongs to the previous fit
         return self
 
