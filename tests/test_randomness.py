@@ -61,15 +61,15 @@ def test_no_global_seeding_and_cuda_untouched(estimator, monkeypatch):
         raise AssertionError("a CUDA generator was seeded")
 
     torch.manual_seed(1234)  # (this one seeds CUDA too, before the trap is set)
-    np.random.seed(1234)
+    np.random.seed(1234)  # noqa: NPY002 (the global state this test guards)
     monkeypatch.setattr(torch.cuda, "manual_seed", refuse)
     monkeypatch.setattr(torch.cuda, "manual_seed_all", refuse)
     monkeypatch.setattr(torch, "manual_seed", refuse)
     monkeypatch.setattr(np.random, "seed", refuse)
-    torch_state, np_state = torch.get_rng_state(), np.random.get_state()
+    torch_state, np_state = torch.get_rng_state(), np.random.get_state()  # noqa: NPY002
     _fit_predict(clone(estimator).set_params(random_state=0))
     assert torch.equal(torch.get_rng_state(), torch_state)
-    after = np.random.get_state()
+    after = np.random.get_state()  # noqa: NPY002
     assert after[0] == np_state[0] and np.array_equal(after[1], np_state[1])
 
 
