@@ -14,6 +14,7 @@ BENCHMARKS = {
     "rskd": "fewmed.benchmarks.rskd",
     "reptile": "fewmed.benchmarks.reptile",
     "inner-loop": "fewmed.benchmarks.inner_loop",
+    "memory": "fewmed.benchmarks.memory",
 }
 
 __all__ = ["BENCHMARKS"]
