@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from sklearn.model_selection import (
     StratifiedGroupKFold,
 )
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from fewmed import CDCClassifier
 from fewmed.metrics import macro_f1
@@ -140,20 +139,7 @@ def test_cuda(toy):
 
 
 # ---------------------------------------------------------------- scikit-learn checks
-EXPECTED_FAILED = {
-    "check_no_attributes_set_in_init": (
-        "skorch's NeuralNet.__init__ sets history_, initialized_ and virtual_params_ itself"
-    ),
-}
-
-
-@pytest.mark.slow
-@parametrize_with_checks(
-    [CDCClassifier(n_filters=8, max_epochs=15, batch_size=32, lr=0.01, random_state=0)],
-    expected_failed_checks=lambda est: EXPECTED_FAILED,
-)
-def test_sklearn_estimator_checks(estimator, check):
-    check(estimator)
+# in tests/test_common.py (every public estimator, one EXPECTED_FAILED dict)
 
 
 # ---------------------------------------------------------------- real data
