@@ -584,7 +584,8 @@ class ImageNetClassifier(NeuralNetClassifier):
         return super().check_is_fitted(attributes, *args, **kwargs)
 
     def _get_param_names(self):
-        return [k for k in super()._get_param_names() if k != "_params_to_validate"]
+        private = ("_params_to_validate", "_initialized", "_before_fit")  # state, not params
+        return [k for k in super()._get_param_names() if k not in private]
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities ``(n_samples, n_classes)``, columns in ``classes_`` order.

@@ -119,13 +119,13 @@ def test_predict_proba_is_probability_for_any_loss(toy, loss):
 def test_bad_parameters_have_clear_errors(toy):
     X, y = toy
     for params, match in [
-        ({"reconstruction": "huber"}, "reconstruction must be"),
-        ({"alpha": -1.0}, "alpha must be >= 0"),
-        ({"beta": float("nan")}, "beta must be a finite number"),
-        ({"reconstruction_weight": "bogus"}, "reconstruction_weight must be"),
-        ({"decoder_filters": 0}, "decoder_filters must be"),
-        ({"decoder_blocks": 0}, "decoder_blocks must be"),
-        ({"decoder_scale": 1.5}, "decoder_scale must be"),
+        ({"reconstruction": "huber"}, "'reconstruction' parameter"),
+        ({"alpha": -1.0}, "'alpha' parameter"),
+        ({"beta": float("nan")}, "'beta' parameter"),
+        ({"reconstruction_weight": "bogus"}, "'reconstruction_weight' parameter"),
+        ({"decoder_filters": 0}, "'decoder_filters' parameter"),
+        ({"decoder_blocks": 0}, "'decoder_blocks' parameter"),
+        ({"decoder_scale": 1.5}, "'decoder_scale' parameter"),
     ]:
         with pytest.raises(ValueError, match=match):
             CDCClassifier(**{**SMALL, **params}).fit(X, y)
