@@ -35,7 +35,7 @@ from torch import nn
 
 from fewmed._dataset import ArrayDataset
 from fewmed._skorch import ImageNetClassifier
-from fewmed._validation import check_images, resolve_device
+from fewmed._validation import check_images, resolve_device, seeded_torch
 from fewmed.metrics import quadratic_weighted_kappa
 from fewmed.model_selection import stratified_split
 from fewmed.nn import ReferenceBatchNorm2d, build_backbone
@@ -404,8 +404,7 @@ def transfer(
     (3, False)
     """
     model = copy.deepcopy(backbone)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_torch(seed):
         model.reset_head(n_classes)
     model.eval()
     if remove_batchnorm:

@@ -25,7 +25,8 @@ defaults and hooks fewmed's imbalance learners (``CDCClassifier``,
   (the global torch RNG is left as it was);
 * ``get_iterator`` gives the training ``DataLoader`` a seeded
   :class:`torch.Generator`, so shuffling is reproducible without global seeding;
-* ``train_step_single`` applies the optional augmentation (seeded too).
+* ``on_train_begin`` also seeds the optional augmentation (from ``random_state``),
+  which ``train_step_single`` applies.
 * ``infer`` hands the network its batches on its device, in channels-last memory
   layout on the CPU for the subclasses that ask for it (``_wants_channels_last``);
   ``initialize_module`` puts their networks in that layout.
@@ -43,12 +44,20 @@ Defaults that differ from skorch's, on purpose:
 from __future__ import annotations
 
 import contextlib
+from numbers import Integral, Real
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import (
+    Interval,
+    Options,
+    StrOptions,
+    validate_parameter_constraints,
+)
 from skorch import NeuralNetClassifier
 from skorch.callbacks import EpochScoring, EpochTimer, PassthroughScoring, PrintLog
 from skorch.dataset import unpack_data
@@ -56,10 +65,21 @@ from skorch.utils import to_tensor
 from torch import nn
 
 from ._dataset import ArrayDataset, collate_batch, is_array_dataset, softmax
-from ._validation import check_images, check_labels, check_raw_input, resolve_device
+from ._validation import (
+    AUGMENT_CONSTRAINT,
+    DEVICE_CONSTRAINT,
+    MODULE_CONSTRAINT,
+    check_images,
+    check_labels,
+    check_raw_input,
+    resolve_device,
+    seeded_torch,
+)
 from .nn import make_augment
 
 __all__ = ["ImageNetClassifier"]
+
+_SKORCH_INIT_STATE = {"history_": None, "_initialized": False, "virtual_params_": {}}
 
 
 def _encoded_scores(net: ImageNetClassifier, X: Any, y: Any) -> float:
@@ -149,6 +169,33 @@ class ImageNetClassifier(NeuralNetClassifier):
         )
         self.augment = augment
         self.random_state = random_state
+        # skorch's __init__ stores history_, initialized_ and virtual_params_ on the
+        # instance; scikit-learn's contract is that __init__ stores parameters only.
+        # Their unfitted values live on the class (below), so nothing else is set.
+        for name, default in _SKORCH_INIT_STATE.items():
+            if self.__dict__.get(name, default) == default:
+                self.__dict__.pop(name, None)
+
+    # the unfitted state skorch's __init__ would set on the instance
+    history_ = None
+    virtual_params_ = MappingProxyType({})  # read-only: initialize() sets the instance's
+
+    @property
+    def initialized_(self) -> bool:
+        """Whether skorch's ``initialize`` ran (stored once it did).
+
+        Missing while skorch's ``__init__`` sets the parameters: its ``__setattr__``
+        tells that phase by ``hasattr(self, "initialized_")``.
+        """
+        if "_initialized" in self.__dict__:
+            return self.__dict__["_initialized"]
+        if "_params_to_validate" not in self.__dict__:  # inside NeuralNet.__init__
+            raise AttributeError("initialized_")
+        return False
+
+    @initialized_.setter
+    def initialized_(self, value: bool) -> None:
+        self.__dict__["_initialized"] = value
 
     # ------------------------------------------------------------------ callbacks
     @property
@@ -171,19 +218,46 @@ class ImageNetClassifier(NeuralNetClassifier):
         cbs.append(("print_log", PrintLog()))
         return cbs
 
+    #: The constraints of skorch's parameters and fewmed's ``augment`` and
+    #: ``random_state`` (subclasses add theirs); checked by scikit-learn's
+    #: ``_validate_params`` in :meth:`initialize`. ``max_epochs=0`` is refused: it
+    #: would leave an untrained network that predicts.
+    _parameter_constraints: dict = {
+        "module": MODULE_CONSTRAINT,
+        "criterion": [callable, None],
+        "optimizer": [callable],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), Options(Integral, {-1})],
+        "iterator_train": [callable],
+        "iterator_valid": [callable],
+        "dataset": [callable],
+        "train_split": [callable, None],
+        "callbacks": [list, tuple, StrOptions({"disable"}), None],
+        "predict_nonlinearity": [callable, StrOptions({"auto"}), None],
+        "warm_start": ["boolean"],
+        "verbose": ["verbose"],
+        "device": DEVICE_CONSTRAINT,
+        "compile": ["boolean"],
+        "use_caching": ["boolean", StrOptions({"auto"})],
+        "torch_load_kwargs": [dict, None],
+        "classes": ["array-like", None],
+        "augment": AUGMENT_CONSTRAINT,
+        "random_state": ["random_state"],
+    }
+
     def _check_params(self) -> None:
-        """Validate hyper-parameters (subclasses extend); raise ``ValueError`` naming them."""
-        for name in ("max_epochs", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-                raise ValueError(f"{name} must be an int, got {value!r}.")
-        if self.max_epochs < 0:
-            raise ValueError(f"max_epochs must be >= 0, got {self.max_epochs}.")
-        if self.batch_size < 1 and self.batch_size != -1:
-            raise ValueError(f"batch_size must be >= 1 (or -1 for all), got {self.batch_size}.")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr must be a positive float, got {self.lr!r}.")
-        make_augment(self.augment)
+        """Validate the hyper-parameters against ``_parameter_constraints``
+        (scikit-learn's ``InvalidParameterError``, a ``ValueError`` naming them).
+
+        scikit-learn's ``BaseEstimator._validate_params`` is shadowed by skorch's
+        (which checks the ``prefix__name`` arguments), so its function is called.
+        """
+        validate_parameter_constraints(
+            self._parameter_constraints,
+            self.get_params(deep=False),
+            caller_name=type(self).__name__,
+        )
 
     def _loss_terms(self) -> tuple[str, ...]:
         """Names of the per-batch loss terms recorded in the history (subclasses)."""
@@ -192,8 +266,14 @@ class ImageNetClassifier(NeuralNetClassifier):
     # ------------------------------------------------------------------ init hooks
     def initialize(self):
         """Check the parameters, resolve ``device`` (``"auto"``; a clear error for a missing
-        GPU), then skorch's initialisation."""
+        GPU), then skorch's initialisation.
+
+        The attributes before it are kept until the fit ends: a fit that fails on its
+        data or whose loss becomes NaN / infinite puts them back (:meth:`_restore`).
+        """
         self._check_params()
+        self.__dict__.pop("_before_fit", None)
+        self._before_fit = dict(self.__dict__)
         if self.device is not None:
             resolved = resolve_device(self.device)
             if self.device == "auto":
@@ -213,8 +293,7 @@ class ImageNetClassifier(NeuralNetClassifier):
             self.built_for_ = None
             return self
         self._draw_seeds()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seeds_["init"])
+        with seeded_torch(self.seeds_["init"]):
             self._build_modules(info)
         self.built_for_ = self._signature(info)
         if self._channels_last():
@@ -267,9 +346,21 @@ class ImageNetClassifier(NeuralNetClassifier):
         """
         self._prechecked_ = None  # a key left by an interrupted fit must not match
         if not isinstance(X, torch.utils.data.Dataset):
-            self.check_data(X, y)
+            try:
+                self.check_data(X, y)
+            except Exception:
+                self._restore()
+                raise
             self._prechecked_ = (id(X), id(y))
+        self._seed_augmentation()
         return super().on_train_begin(net, X=X, y=y, **kwargs)
+
+    def _seed_augmentation(self) -> None:
+        """The fit's augmentation and its generator, seeded from ``random_state``."""
+        if getattr(self, "seeds_", None) is None:  # a Dataset X: no build drew them
+            self._draw_seeds()
+        self.augment_ = make_augment(self.augment)
+        self.augment_generator_ = torch.Generator().manual_seed(self.seeds_["augment"])
 
     def _as_array(self, X: Any) -> np.ndarray:
         if not isinstance(X, torch.Tensor | np.ndarray):
@@ -328,6 +419,14 @@ class ImageNetClassifier(NeuralNetClassifier):
         if not getattr(self, "fresh_", True) and built is not None:
             if tuple(Xc.shape[1:]) != built[0]:  # partial_fit / warm start on other shapes
                 raise self._shape_error(tuple(Xc.shape[1:]), built[0])
+            if self.classes is None:  # partial_fit / warm start with labels never seen
+                unseen = np.setdiff1d(np.unique(y), np.asarray(self.classes_))
+                if len(unseen):
+                    raise ValueError(
+                        f"y contains labels {unseen.tolist()} that are not among the classes "
+                        f"{np.asarray(self.classes_).tolist()} of the first fit: pass every "
+                        "class as classes=[...] to the constructor, or refit with fit."
+                    )
         if self.classes is not None:
             self.classes_inferred_ = np.asarray(self.classes)
         else:
@@ -345,6 +444,14 @@ class ImageNetClassifier(NeuralNetClassifier):
     def _set_data_info(self, X: Any, Xc: np.ndarray, targets: np.ndarray, info: dict) -> None:
         """Record the checked data's facts and cache; (re)build what they call for."""
         built = getattr(self, "built_for_", None)
+        if not getattr(self, "fresh_", True) and built is not None:
+            if int(info["n_classes"]) != built[1]:  # partial_fit: a head of another width
+                kind = "labels (columns of Y)" if info.get("multilabel") else "classes"
+                raise ValueError(
+                    f"y has {info['n_classes']} {kind} but {type(self).__name__} was fitted "
+                    f"on {built[1]}: keep the width of the first fit (pass classes=[...] to "
+                    "the constructor), or refit with fit."
+                )
         self.data_info_ = info
         self.input_shape_ = info["input_shape"]
         self.n_features_in_ = int(np.prod(Xc.shape[1:]))
@@ -391,12 +498,8 @@ class ImageNetClassifier(NeuralNetClassifier):
     def get_iterator(self, dataset, training: bool = False):
         """skorch's iterator, with a seeded generator for the training shuffle.
 
-        Called once per ``fit`` after ``check_data``; also seeds the augmentation.
+        Called once per ``fit`` after ``on_train_begin`` (which drew the seeds).
         """
-        if training:
-            seeds = getattr(self, "seeds_", None) or {"augment": 0}
-            self.augment_ = make_augment(self.augment)
-            self.augment_generator_ = torch.Generator().manual_seed(seeds["augment"])
         if training and "iterator_train__generator" not in self.__dict__:
             seeds = getattr(self, "seeds_", None)
             if seeds is not None and self.__dict__.get("iterator_train__shuffle", True):
@@ -425,9 +528,17 @@ class ImageNetClassifier(NeuralNetClassifier):
             return iterator(dataset, **kwargs)
         return super().get_iterator(dataset, training=training)
 
+    def _restore(self) -> None:
+        """Put back the attributes of before this fit's ``initialize`` (when it ran)."""
+        before = self.__dict__.pop("_before_fit", None)
+        if before is not None:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+
     def on_train_end(self, net, X=None, y=None, **kwargs):
         self.fit_cache_ = None
         self.__dict__.pop("_prechecked_", None)
+        self.__dict__.pop("_before_fit", None)
         return super().on_train_end(net, X=X, y=y, **kwargs)
 
     # ------------------------------------------------------------------ training
@@ -445,6 +556,14 @@ class ImageNetClassifier(NeuralNetClassifier):
         with self._autocast():  # fewmed.accelerate: mixed precision where asked
             y_pred = self.infer(Xi, **fit_params)
             loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        if not torch.isfinite(loss).all():
+            epoch = len(self.history)
+            self._restore()
+            raise FloatingPointError(
+                f"training diverged in epoch {epoch}: the loss is {float(loss.detach())}. "
+                f"Lower lr (now {self.lr}), or check the images for extreme values; "
+                f"{type(self).__name__} was left as it was before this fit."
+            )
         self._backward(loss)
         terms = getattr(self, "last_terms_", None) or {}
         for name, value in terms.items():
@@ -475,7 +594,8 @@ class ImageNetClassifier(NeuralNetClassifier):
         return super().check_is_fitted(attributes, *args, **kwargs)
 
     def _get_param_names(self):
-        return [k for k in super()._get_param_names() if k != "_params_to_validate"]
+        private = ("_params_to_validate", "_initialized", "_before_fit")  # state, not params
+        return [k for k in super()._get_param_names() if k not in private]
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities ``(n_samples, n_classes)``, columns in ``classes_`` order.

@@ -45,8 +45,8 @@ def test_user_groups_by_label_and_name():
         ([["nv"], []], "is empty"),
         ({"a": ["nv", "mel"], "b": ["mel"]}, "must not overlap"),
         ([], "subsets is empty"),
-        ("region", "subsets must be 'shot'"),
-        (42, "subsets must be 'shot'"),
+        ("region", "'subsets' parameter.*'shot'"),
+        (42, "'subsets' parameter.*'shot'"),
     ],
 )
 def test_user_groups_are_validated(toy_long_tail, subsets, match):

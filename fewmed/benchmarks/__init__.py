@@ -16,6 +16,7 @@ BENCHMARKS = {
     "inner-loop": "fewmed.benchmarks.inner_loop",
     "scaling": "fewmed.benchmarks.scaling",
     "gpu": "fewmed.benchmarks.gpu",
+    "memory": "fewmed.benchmarks.memory",
 }
 
 __all__ = ["BENCHMARKS"]

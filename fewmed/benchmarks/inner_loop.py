@@ -74,6 +74,7 @@ def _classic_order(model):
 
 
 def run(args) -> dict:
+    from fewmed._validation import seeded_torch
     from fewmed.fewshot import meta_batch_losses
     from fewmed.nn import Conv4, resolve_device
 
@@ -85,8 +86,7 @@ def run(args) -> dict:
     XQ = torch.rand(T, 2 * q, 3, s, s, generator=g).to(device)  # noqa: N806
     YS = torch.arange(2).repeat_interleave(k).repeat(T, 1).to(device)  # noqa: N806
     YQ = torch.arange(2).repeat_interleave(q).repeat(T, 1).to(device)  # noqa: N806
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
+    with seeded_torch(args.seed):  # the CPU generator only; CUDA's are left alone
         model = Conv4(3, 2, args.filters, s, norm="reference").to(device)
     candidates = [
         ("higher loop (baseline)", _classic_order(model), "higher"),

@@ -1,4 +1,13 @@
-"""Downloading public data sets into the data home, and the list of known sets."""
+"""Downloading public data sets into the data home, and the list of known sets.
+
+The cache never holds a partial file under its final name: every download goes to
+a private temporary file in the same folder, checked (MD5) and then renamed into
+place (:func:`os.replace`, atomic), so an interrupted download leaves nothing at the
+final path and two processes filling the same cache at once both succeed, the last
+rename leaving one complete file. A cached file with a known MD5 sum is checked
+before it is loaded (:func:`check_cached`): a corrupt copy is reported with what to
+do.
+"""
 
 from __future__ import annotations
 
@@ -53,7 +62,11 @@ class DatasetNotAvailableError(OSError):
 
 
 class ChecksumError(OSError):
-    """A downloaded file does not have the expected MD5 sum (it has been deleted)."""
+    """A downloaded or cached file does not have the expected MD5 sum.
+
+    A download is deleted; a cached file is reported with what to do (delete it and
+    call again, or replace it with a good copy).
+    """
 
 
 def _md5(path: Path) -> str:
@@ -62,6 +75,61 @@ def _md5(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+#: (path, size, mtime) of cached files whose MD5 was checked in this process
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def check_cached(path: Path, md5: str | None, url: str, *, again: str) -> Path:
+    """Refuse a cached file whose MD5 sum is not ``md5`` (a corrupt or truncated copy).
+
+    Each file is hashed once per process (again when its size or time changes).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The cached file.
+    md5 : str or None
+        Its expected MD5 sum (``None``: nothing to check).
+    url : str
+        Where a good copy comes from (named in the error).
+    again : str
+        The call that downloads it afresh once the file is deleted.
+
+    Returns
+    -------
+    path : pathlib.Path
+
+    Raises
+    ------
+    ChecksumError
+        Naming the file, both sums and what to do.
+
+    Examples
+    --------
+    >>> import tempfile, hashlib
+    >>> from pathlib import Path
+    >>> f = Path(tempfile.mkdtemp()) / "a.bin"
+    >>> _ = f.write_bytes(b"abc")
+    >>> check_cached(f, hashlib.md5(b"abc").hexdigest(), "https://x/a.bin", again="f()") == f
+    True
+    """
+    if md5 is None:
+        return path
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return path
+    got = _md5(path)
+    if got != md5:
+        raise ChecksumError(
+            f"the cached file {path} is corrupt: its MD5 is {got}, expected {md5} (a truncated "
+            f"or overwritten copy). Delete it and call {again} again to download it afresh, or "
+            f"replace it with a good copy from {url}."
+        )
+    _VERIFIED.add(key)
+    return path
 
 
 def _manual_hint(url: str, dest: Path) -> str:
@@ -138,13 +206,19 @@ def download(
                         desc=dest.name,
                         disable=not progress,
                     ) as bar:
+                        received = 0
                         for block in iter(lambda: response.read(1 << 16), b""):
                             out.write(block)
                             h.update(block)
+                            received += len(block)
                             bar.update(len(block))
+                    if total is not None and received < total:  # the connection dropped
+                        raise http.client.IncompleteRead(b"", total - received)
             except _NETWORK_ERRORS as exc:
                 if isinstance(exc, urllib.error.HTTPError):
                     reason = f"HTTP {exc.code} {exc.reason}"
+                elif isinstance(exc, http.client.IncompleteRead):
+                    reason = f"the connection dropped {exc.expected} bytes short; try again"
                 else:
                     reason = getattr(exc, "reason", None) or exc
                 msg = f"could not download {url} ({reason}): {_manual_hint(url, dest)}"
@@ -219,7 +293,8 @@ def fetch_medmnist(
         When the file is missing and cannot be downloaded; the message gives
         the URL and the exact path to save the file to.
     ChecksumError
-        When the downloaded file has the wrong MD5 sum.
+        When the downloaded or the cached file has the wrong MD5 sum (the message
+        says to delete the cached file and call again).
 
     Examples
     --------
@@ -239,6 +314,7 @@ def fetch_medmnist(
         "or load a copy you have with fewmed.datasets.load_medmnist(path), or set FEWMED_DATA "
         "to a folder whose medmnist/ sub-folder holds it"
     )
+    md5 = MEDMNIST_INFO[flag]["md5"].get(size)
     if not dest.is_file():
         if not download_if_missing:
             raise DatasetNotAvailableError(
@@ -246,8 +322,10 @@ def fetch_medmnist(
                 + hint
             )
         get_data_home(data_home)
-        md5 = MEDMNIST_INFO[flag]["md5"].get(size)
+        # a private temporary file renamed into place: a concurrent process downloading
+        # the same file, or an interrupted download, never leaves a partial file at dest
         download(url, dest, md5=md5, timeout=timeout, progress=verbose > 0, hint=hint)
+    check_cached(dest, md5, url, again=f"fetch_medmnist({flag!r}, size={size})")
     return load_medmnist(dest, split=split, flag=flag)
 
 

@@ -31,7 +31,15 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
 from fewmed._parallel import episode_outputs
-from fewmed._validation import check_image_shape, check_images, resolve_device
+from fewmed._validation import (
+    AUGMENT_CONSTRAINT,
+    DEVICE_CONSTRAINT,
+    MODULE_CONSTRAINT,
+    check_labels,
+    resolve_device,
+    seeded_torch,
+    validate_images,
+)
 from fewmed.fewshot._meta_net import IterationSchedule, MetaNet, fit_meta_net
 from fewmed.fewshot._tasks import TaskDataset
 from fewmed.metrics import ConfidenceInterval, mean_confidence_interval, task_aucs
@@ -53,6 +61,9 @@ META_CONSTRAINTS: dict = {
     "iterations_per_epoch": [Interval(Integral, 1, None, closed="left")],
     "n_valid_tasks": [Interval(Integral, 1, None, closed="left")],
     "callbacks": [list, None],
+    "module": MODULE_CONSTRAINT,
+    "augment": AUGMENT_CONSTRAINT,
+    "device": DEVICE_CONSTRAINT,
     "verbose": ["verbose"],
     "random_state": ["random_state"],
 }
@@ -85,10 +96,16 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
         -------
         self
         """
-        if hasattr(self, "_parameter_constraints"):
-            self._validate_params()
-        Xt, y = self._validate_fit_input(X, y)
-        self._fit(Xt, y, **fit_params)
+        before = dict(self.__dict__)
+        try:
+            if hasattr(self, "_parameter_constraints"):
+                self._validate_params()
+            Xt, y = self._validate_fit_input(X, y)
+            self._fit(Xt, y, **fit_params)
+        except BaseException:  # bad input, a diverging run, an interrupt: as before
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
         self._forget_adaptation()  # what adapt set belongs to the previous fit
         return self
 
@@ -112,34 +129,25 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
             shape = (X.n_way, X.n_shot, X.n_query)
             X, y = X.X, X.y
         if y is None:
-            raise ValueError("fit needs labels y (or a TaskDistribution as X).")
-        Xt = check_images(X)
-        y = np.asarray(y)
-        if y.ndim != 1:
-            raise ValueError(f"y must be 1-D class labels, got shape {y.shape}.")
-        if len(y) != len(Xt):
-            raise ValueError(f"X and y differ in length: {len(Xt)} != {len(y)}.")
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None: "
+                "fit needs labels y (or a TaskDistribution as X)."
+            )
+        Xt = validate_images(self, X, reset=True)
+        y = check_labels(y, len(Xt), estimator=type(self).__name__)
         n_way, n_shot, n_query = self._task_shape()
         if shape is not None:
             n_way = shape[0] or n_way
             n_shot = shape[1] or n_shot
             n_query = shape[2] if shape[2] is not None else n_query
         self.task_shape_ = (n_way, n_shot, n_query)
-        self.input_shape_ = tuple(Xt.shape[1:])
-        self.n_features_in_ = int(np.prod(self.input_shape_))
         self.train_classes_ = np.unique(y)
-        if len(self.train_classes_) < 2:
-            raise ValueError(
-                f"y has a single class ({self.train_classes_[0]!r}); meta-training needs at "
-                "least n_way classes."
-            )
         return Xt, y
 
     def _seeded_backbone(self, seed: int, n_classes: int | None, **kwargs) -> torch.nn.Module:
         """``module`` built for ``input_shape_`` with weights from ``seed`` (no global RNG)."""
         c, h, w = self.input_shape_
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_torch(seed):
             return build_backbone(
                 self.module,
                 in_channels=c,
@@ -156,9 +164,8 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
                 delattr(self, a)
 
     def _check_X(self, X, name: str = "X") -> torch.Tensor:
-        Xt = check_images(X, name=name)
-        check_image_shape(Xt, self.input_shape_, name=name)
-        return torch.from_numpy(Xt)
+        check_is_fitted(self, "input_shape_")
+        return torch.from_numpy(validate_images(self, X, reset=False, name=name))
 
     # ------------------------------------------------------------ protocol
     def adapt(self, X, y):
@@ -207,16 +214,18 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
 
     def decision_function(self, X) -> np.ndarray:
         """Logits ``(n, n_classes)``, or the positive-class margin ``(n,)`` for two classes."""
+        Xt = self._check_X(X)  # validated first: bad input is named even before adapt
         self._check_adapted()
-        logits = self._predict_logits(self._check_X(X))
+        logits = self._predict_logits(Xt)
         if logits.shape[1] == 2:
             return logits[:, 1] - logits[:, 0]
         return logits
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities on the adapted task, columns in the order of ``classes_``."""
+        Xt = self._check_X(X)  # validated first: bad input is named even before adapt
         self._check_adapted()
-        logits = torch.as_tensor(self._predict_logits(self._check_X(X)))
+        logits = torch.as_tensor(self._predict_logits(Xt))
         return torch.softmax(logits.double(), dim=1).numpy()
 
     def predict(self, X) -> np.ndarray:
@@ -317,7 +326,7 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
+        tags.input_tags.two_d_array = True
         tags.input_tags.three_d_array = True
         tags.non_deterministic = False
         return tags

@@ -14,6 +14,7 @@ fine-tuning steps are fewmed's one fine-tuning path, :mod:`fewmed._finetune`.
 from __future__ import annotations
 
 import zlib
+from numbers import Integral, Real
 
 import numpy as np
 import torch
@@ -23,15 +24,45 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer
+from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.validation import check_is_fitted
 from skorch.history import History
 
 from fewmed._finetune import pretrain, train_steps, transfer
-from fewmed._validation import check_image_shape, check_images, check_random_state_torch
+from fewmed._validation import (
+    AUGMENT_CONSTRAINT,
+    DEVICE_CONSTRAINT,
+    MODULE_CONSTRAINT,
+    check_labels,
+    check_random_state_torch,
+    seed_int,
+    validate_images,
+)
 from fewmed.fewshot._base import FewShotMixin
 from fewmed.nn import make_augment
 
 __all__ = ["ConvFeatureExtractor", "FeatureFewShotClassifier", "FineTuneClassifier"]
+
+_positive = Interval(Integral, 1, None, closed="left")
+#: The pre-training parameters ConvFeatureExtractor and FineTuneClassifier share.
+_PRETRAIN_CONSTRAINTS: dict = {
+    "module": MODULE_CONSTRAINT,
+    "n_filters": [_positive],
+    "max_epochs": [_positive],
+    "lr": [Interval(Real, 0, None, closed="neither")],
+    "batch_size": [_positive],
+    "augment": AUGMENT_CONSTRAINT,
+    "device": DEVICE_CONSTRAINT,
+    "random_state": ["random_state"],
+    "verbose": ["verbose"],
+}
+#: The task shape of ``score``.
+_TASK_CONSTRAINTS: dict = {
+    "n_way": [Interval(Integral, 2, None, closed="left")],
+    "n_shot": [_positive],
+    "n_query": [_positive],
+    "n_score_tasks": [_positive],
+}
 
 
 def _pretrain(
@@ -106,25 +137,59 @@ class ConvFeatureExtractor(TransformerMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
+    _parameter_constraints: dict = _PRETRAIN_CONSTRAINTS
+
     def fit(self, X, y):
-        """Pre-train the backbone on ``(X, y)``; returns ``self``."""
-        Xt = check_images(X)
-        self.input_shape_ = tuple(Xt.shape[1:])
-        self.n_features_in_ = int(np.prod(self.input_shape_))
-        self.backbone_, self.history_ = _pretrain(self, Xt, np.asarray(y))
+        """Pre-train the backbone on ``(X, y)``.
+
+        Parameters
+        ----------
+        X : array-like of images
+            ``(n, H, W[, C])`` uint8 or ``(n, C, H, W)`` float.
+        y : array-like of shape (n,)
+            Their labels (at least two classes).
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        if y is None:
+            raise ValueError(
+                "ConvFeatureExtractor requires y to be passed, but the target y is None: it "
+                "pre-trains a classifier on labelled images."
+            )
+        Xt = validate_images(self, X, reset=True)
+        y = check_labels(y, len(Xt), estimator=type(self).__name__)
+        self.backbone_, self.history_ = _pretrain(self, Xt, y)
         return self
 
     def transform(self, X) -> np.ndarray:
-        """Feature vectors ``(n, feature_dim)`` of the images."""
+        """Feature vectors ``(n, feature_dim)`` of the images.
+
+        Parameters
+        ----------
+        X : array-like of images
+            Of the size and channels seen in ``fit``.
+
+        Returns
+        -------
+        ndarray of shape (n, feature_dim)
+        """
         check_is_fitted(self, "backbone_")
-        Xt = check_images(X)
-        check_image_shape(Xt, self.input_shape_)
+        Xt = validate_images(self, X, reset=False)
         out = []
         with torch.no_grad():
             for i in range(0, len(Xt), 512):
                 x = torch.from_numpy(Xt[i : i + 512])
                 out.append(self.backbone_.embed(self.backbone_.forward_features(x)))
         return torch.cat(out).numpy()
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        tags.transformer_tags.preserves_dtype = ["float32"]  # the network's features
+        return tags
 
 
 class FeatureFewShotClassifier(FewShotMixin):
@@ -158,6 +223,12 @@ class FeatureFewShotClassifier(FewShotMixin):
     """
 
     _adapted_attrs = ("classes_", "pipeline_")
+    _parameter_constraints: dict = {
+        "features": [HasMethods(["fit", "transform"]), None],
+        "classifier": [HasMethods(["fit", "predict"]), None],
+        **_TASK_CONSTRAINTS,
+        "random_state": ["random_state"],
+    }
 
     def __init__(
         self,
@@ -264,6 +335,13 @@ class FineTuneClassifier(FewShotMixin):
     """
 
     _adapted_attrs = ("classes_", "adapted_module_")
+    _parameter_constraints: dict = {
+        **_PRETRAIN_CONSTRAINTS,
+        "extractor": [HasMethods(["fit", "transform"]), None],
+        "adapt_lr": [Interval(Real, 0, None, closed="neither")],
+        "n_adapt_steps": [Interval(Integral, 0, None, closed="left")],
+        **_TASK_CONSTRAINTS,
+    }
 
     def __init__(
         self,
@@ -304,6 +382,7 @@ class FineTuneClassifier(FewShotMixin):
 
     def _fit(self, Xt: np.ndarray, y: np.ndarray) -> None:
         """Pre-train on the common classes (or reuse ``extractor``'s backbone)."""
+        self.seed_ = seed_int(self.random_state)  # an int gives itself; drawn once per fit
         if self.extractor is None:
             self.backbone_, self.history_ = _pretrain(self, Xt, y)
         else:
@@ -335,7 +414,7 @@ class FineTuneClassifier(FewShotMixin):
         # only: the same support set gives the same adapted model whatever was adapted
         # before, so a task's score does not depend on the tasks scored before it
         digest = zlib.crc32(ys.cpu().numpy().tobytes(), zlib.crc32(Xs.cpu().numpy().tobytes()))
-        seed = (self.random_state or 0) * 1_000_003 + digest
+        seed = (self.seed_ * 1_000_003 + digest) % (2**63 - 1)
         model = transfer(self.backbone_, len(self.classes_), seed)  # BatchNorm: eval
         train_steps(
             model,

@@ -9,7 +9,7 @@
 
 * the parameters both take beyond skorch's (``n_filters``, ``loss``, ``gamma``,
   ``class_weight``), declared in :meth:`LongTailClassifier.__init__`;
-* their checks (``_check_params``) and what the networks are built for
+* their parameter constraints (``_parameter_constraints``) and what the networks are built for
   (``_signature``: shapes, classes and whether the target is multi-label);
 * the backbone (``_build_modules``: ``module_`` from
   :func:`fewmed.nn.build_backbone`);
@@ -28,9 +28,11 @@ and ``set_params`` see every parameter; the members' ``__init__`` signatures
 from __future__ import annotations
 
 import inspect
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from fewmed._skorch import ImageNetClassifier
 from fewmed.losses import class_weights, make_classification_loss
@@ -40,6 +42,8 @@ __all__ = ["LongTailClassifier"]
 
 _LOSSES = ("ce", "focal")
 _WEIGHT_OPTIONS = ("balanced", "inverse", "sqrt_inverse")
+#: a class-weight option: a name, a dict, an array or None
+CLASS_WEIGHT_CONSTRAINT: list = [StrOptions(set(_WEIGHT_OPTIONS)), dict, "array-like", None]
 
 
 def _keyword_params(klass: type) -> list[inspect.Parameter]:
@@ -128,33 +132,13 @@ default=None
         return names + [p.name for p in _keyword_params(ImageNetClassifier) if p.name not in names]
 
     # ------------------------------------------------------------------ params
-    def _check_number(self, name: str, minimum: float | None = 0) -> None:
-        """``ValueError`` unless parameter ``name`` is a finite number (``>= minimum``)."""
-        value = getattr(self, name)
-        if not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}.")
-        if minimum is not None and value < minimum:
-            raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-
-    def _check_weight_option(self, name: str) -> None:
-        """``ValueError`` for an unknown string option of a class-weight parameter."""
-        value = getattr(self, name)
-        if isinstance(value, str) and value not in _WEIGHT_OPTIONS:
-            raise ValueError(
-                f"{name} must be 'balanced', 'inverse', 'sqrt_inverse', a dict, an array "
-                f"or None; got {value!r}."
-            )
-
-    def _check_params(self) -> None:
-        """skorch's checks, then ``loss``, ``gamma`` and ``class_weight``."""
-        super()._check_params()
-        if not isinstance(self.loss, str) or self.loss not in _LOSSES:
-            raise ValueError(
-                f"loss must be 'ce' or 'focal' (with class_weight: weighted CE / focal loss); "
-                f"got {self.loss!r}."
-            )
-        self._check_number("gamma")
-        self._check_weight_option("class_weight")
+    _parameter_constraints: dict = {
+        **ImageNetClassifier._parameter_constraints,
+        "n_filters": [Interval(Integral, 1, None, closed="left"), None],
+        "loss": [StrOptions(set(_LOSSES))],
+        "gamma": [Interval(Real, 0, None, closed="left")],
+        "class_weight": CLASS_WEIGHT_CONSTRAINT,
+    }
 
     # ------------------------------------------------------------------ building
     @staticmethod

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 import torch
+from sklearn.utils._param_validation import Interval, StrOptions
 from skorch.utils import to_tensor
 from torch import nn
 
-from fewmed.longtail._base import LongTailClassifier
+from fewmed.longtail._base import CLASS_WEIGHT_CONSTRAINT, LongTailClassifier
 from fewmed.losses import ReconstructionLoss
 from fewmed.nn import make_decoder
 
@@ -204,21 +206,18 @@ None, default="balanced"
         self.decoder_scale = decoder_scale
 
     # ------------------------------------------------------------------ params
-    def _check_params(self) -> None:
-        super()._check_params()
-        if self.reconstruction not in ("l2", "l1"):
-            raise ValueError(f"reconstruction must be 'l2' or 'l1', got {self.reconstruction!r}.")
-        for name in ("alpha", "beta"):
-            self._check_number(name)
-        if not isinstance(self.decoder_blocks, (int, np.integer)) or self.decoder_blocks < 1:
-            raise ValueError(f"decoder_blocks must be an int >= 1, got {self.decoder_blocks!r}.")
-        df = self.decoder_filters
-        if df is not None and (not isinstance(df, (int, np.integer)) or df < 1):
-            raise ValueError(f"decoder_filters must be None or an int >= 1, got {df!r}.")
-        ds = self.decoder_scale
-        if not isinstance(ds, (int, float, np.number)) or not 0 < ds <= 1:
-            raise ValueError(f"decoder_scale must be a number in (0, 1], got {ds!r}.")
-        self._check_weight_option("reconstruction_weight")
+    _parameter_constraints: dict = {
+        **LongTailClassifier._parameter_constraints,
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "beta": [Interval(Real, 0, None, closed="left")],
+        "reconstruction": [StrOptions({"l2", "l1"})],
+        "reconstruction_weight": CLASS_WEIGHT_CONSTRAINT,
+        "twin": ["boolean"],
+        "decoder": ["boolean"],
+        "decoder_blocks": [Interval(Integral, 1, None, closed="left")],
+        "decoder_filters": [Interval(Integral, 1, None, closed="left"), None],
+        "decoder_scale": [Interval(Real, 0, 1, closed="right")],
+    }
 
     def _loss_terms(self) -> tuple[str, ...]:
         if not isinstance(self.decoder, bool | np.bool_) or not self.decoder:

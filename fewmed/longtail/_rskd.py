@@ -19,11 +19,13 @@ The same estimator gives the ablations and baselines of the paper's Tables 3-4:
 
 from __future__ import annotations
 
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from skorch.utils import to_tensor
 
 from fewmed._dataset import ArrayDataset, collate_batch, sigmoid, softmax
@@ -231,31 +233,24 @@ default=None
         self.sampler = sampler
 
     # ------------------------------------------------------------------ params
-    def _check_params(self) -> None:
-        super()._check_params()
-        if self.kd not in _KD_OPTIONS:
-            raise ValueError(f"kd must be 'relational', 'plain' or None, got {self.kd!r}.")
-        if self.sampler not in (None, "balanced"):
-            raise ValueError(f"sampler must be 'balanced' or None, got {self.sampler!r}.")
-        if self.weight_metric not in ("ap", "accuracy"):
-            raise ValueError(
-                f"weight_metric must be 'ap' or 'accuracy', got {self.weight_metric!r}."
-            )
-        self._check_number("temperature", minimum=None)
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
-        if not (isinstance(self.delta, (int, float, np.number)) and 0 <= self.delta <= 1):
-            raise ValueError(f"delta must be a number in [0, 1], got {self.delta!r}.")
-        f = self.validation_fraction
-        if not (isinstance(f, (int, float, np.number)) and 0 < f < 1):
-            raise ValueError(f"validation_fraction must be in (0, 1), got {f!r}.")
-        if self.train_split is not None:
-            raise ValueError(
-                "train_split must be None for RelationalSubsetsDistiller: the validation "
-                "hold-out of Eq. 3 is set by validation_fraction."
-            )
-        if self.teacher is not None and not isinstance(self.teacher, dict):
-            raise ValueError(f"teacher must be a dict of parameters or None, got {self.teacher!r}.")
+    _parameter_constraints: dict = {
+        **LongTailClassifier._parameter_constraints,
+        "subsets": [StrOptions({"shot"}), list, dict],
+        "many": [Interval(Real, 0, None, closed="left")],
+        "few": [Interval(Real, 0, None, closed="left")],
+        "label_names": ["array-like", None],
+        "kd": [StrOptions({"relational", "plain"}), None],
+        "temperature": [Interval(Real, 0, None, closed="neither")],
+        "delta": [Interval(Real, 0, 1, closed="both")],
+        "weight_metric": [StrOptions({"ap", "accuracy"})],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "teacher": [dict, None],
+        "n_jobs": [Integral, None],
+        "memory": [str, HasMethods(["cache"]), None],
+        "sampler": [StrOptions({"balanced"}), None],
+        # the validation hold-out of Eq. 3 is set by validation_fraction
+        "train_split": [None],
+    }
 
     def _loss_terms(self) -> tuple[str, ...]:
         return ("train_loss_base", "train_loss_kd") if self.kd is not None else ()
