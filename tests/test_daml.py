@@ -40,9 +40,7 @@ def test_meta_loss_hand_values():
     eta, eps = 3.0, 0.1
     # below 1 - eps the paper's -L**eta log(1 - L); above, the log's tangent at 0.9:
     # -log(0.1) + (1.3 - 0.9) / 0.1
-    expected = (
-        -(0.5**3) * np.log(0.5) - (0.9**3) * np.log(0.1) + 1.3**3 * (-np.log(0.1) + 4.0)
-    )
+    expected = -(0.5**3) * np.log(0.5) - (0.9**3) * np.log(0.1) + 1.3**3 * (-np.log(0.1) + 4.0)
     assert np.isclose(difficulty_aware_loss(L, eta, eps).item(), expected, rtol=1e-6)
     # eta = 1, a single easy task: -L log(1 - L)
     assert np.isclose(difficulty_aware_loss(torch.tensor([0.2]), 1.0).item(), -0.2 * np.log(0.8))

@@ -92,9 +92,10 @@ class DAMLNet(MetaNet):
     query loss. Per iteration the history's batches hold ``meta_loss`` (= skorch's
     ``train_loss``), ``task_loss``, ``task_losses`` and ``task_weights`` (each
     task's ``L_i`` and ``w_i = dL_meta/dL_i``), ``query_acc``,
-    ``effective_tasks``, ``lr`` and ``difficulty``. It reads the hyper-parameters (``inner_lr``, ``n_inner_steps``,
-    ``n_adapt_steps``, ``first_order``, ``eta``, ``eps``, ``difficulty_start``,
-    ``reset_optimizer``, ``backend``) from its ``estimator``, a
+    ``effective_tasks``, ``lr`` and ``difficulty``. It reads the hyper-parameters
+    (``inner_lr``, ``n_inner_steps``, ``n_adapt_steps``, ``first_order``, ``eta``,
+    ``eps``, ``difficulty_start``, ``reset_optimizer``, ``backend``) from its
+    ``estimator``, a
     :class:`DAMLClassifier`.
     """
 
