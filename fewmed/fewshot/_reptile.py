@@ -283,15 +283,18 @@ class ReptileInitializer(BaseMetaLearner):
     def _seeded_backbone(self, seed: int, n_classes: int | None, **kwargs) -> nn.Module:
         """The backbone with its convolutions' biases at zero (the reference's init).
 
-        Under BatchNorm a bias before it gets no gradient, so whatever it starts at
-        survives meta-training and pre-training; at zero, removing BatchNorm
-        (``"drop"``) exposes nothing random.
+        Under BatchNorm a bias before it has no effect and, mathematically, no
+        gradient, so whatever it starts at survives meta-training and
+        pre-training; at zero, removing BatchNorm (``"drop"``) exposes nothing
+        random. They are also frozen until the transfer: their numerical gradient
+        is rounding noise (~1e-9), which Adam would scale up to full-size steps.
         """
         module = super()._seeded_backbone(seed, n_classes, **kwargs)
         with torch.no_grad():
             for m in module.modules():
                 if isinstance(m, nn.Conv2d) and m.bias is not None:
                     m.bias.zero_()
+                    m.bias.requires_grad_(False)
         return module
 
     def _build(self, n_classes: int, seed: int) -> nn.Module:
@@ -382,7 +385,10 @@ class ReptileInitializer(BaseMetaLearner):
 
     # --------------------------------------------------------------- export
     def _transfer(self, n_classes: int, seed: int) -> nn.Module:
-        return transfer(self.module_, n_classes, seed, remove_batchnorm=self.remove_batchnorm)
+        model = transfer(self.module_, n_classes, seed, remove_batchnorm=self.remove_batchnorm)
+        for p in model.parameters():  # the fine-tuning trains every weight, biases too
+            p.requires_grad_(True)
+        return model
 
     def init_module(self, n_classes: int, *, random_state: int | None = None) -> nn.Module:
         """A new network for ``n_classes`` starting from the learned initialization.
