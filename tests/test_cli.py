@@ -77,6 +77,51 @@ def test_daml_benchmark_smoke_on_synthetic(capsys, tmp_path):
     assert (tmp_path / "daml.png").stat().st_size > 1000
 
 
+def test_pooled_interval_includes_the_between_seed_spread():
+    from scipy import stats
+
+    from fewmed.benchmarks.daml import _pooled
+    from fewmed.metrics import mean_confidence_interval
+
+    rng = np.random.default_rng(0)
+    noise = [rng.normal(0, 0.1, 50) for _ in range(3)]
+    # seeds that agree: the interval of all 150 tasks together
+    agree = [v - v.mean() + 0.02 for v in noise]
+    r = _pooled(agree)
+    naive = mean_confidence_interval(np.concatenate(agree))
+    assert np.isclose(r["mean"], 0.02) and np.isclose(r["ci95"], naive.half_width, rtol=0.01)
+    # seeds that disagree far beyond their tasks' noise: the t interval of the 3 seed means,
+    # much wider than the pooled-tasks interval, which ignores training-run noise
+    spread = [v + m for v, m in zip(noise, (-0.2, 0.0, 0.3))]
+    r = _pooled(spread)
+    means = [v.mean() for v in spread]
+    expected = stats.t.ppf(0.975, 2) * np.std(means, ddof=1) / np.sqrt(3)
+    assert np.isclose(r["ci95"], expected) and r["df"] == 2
+    assert r["ci95"] > 5 * mean_confidence_interval(np.concatenate(spread)).half_width
+    assert np.isclose(r["mean"], np.mean(np.concatenate(spread)))
+    assert np.allclose(r["per_seed"], means)
+
+
+@pytest.mark.slow
+def test_daml_benchmark_pools_seeds(capsys, tmp_path):
+    args = ["benchmark", "daml", "--quick", "--synthetic", "--iterations", "4", "--n-tasks", "4"]
+    args += ["--filters", "4", "--size", "12", "--shots", "2", "--etas", "5", "--seeds", "2"]
+    assert main(args + ["--out", str(tmp_path), "-v", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "2 training seeds" in out and "between-seed spread" in out
+    payload = json.loads((tmp_path / "daml.json").read_text())
+    assert payload["seeds"] == [0, 1]
+    aucs = payload["task_aucs"]
+    d = np.array(aucs["DAML (eta=5)"]["2"]) - np.array(aucs["MAML"]["2"])
+    assert len(d) == 8  # 2 seeds x 4 tasks, pooled
+    pooled = payload["table1_minus_maml"]["DAML (eta=5)"]["2"]
+    assert np.isclose(pooled["mean"], np.nanmean(d)) and pooled["n_seeds"] == 2
+    assert np.allclose(pooled["per_seed"], [np.nanmean(d[:4]), np.nanmean(d[4:])])
+    w = payload["weights_vs_loss"]
+    assert len(w["loss"]) == len(w["weight"]) > 0
+    assert (tmp_path / "daml_weights.png").stat().st_size > 1000
+
+
 def test_daml_benchmark_difficulty_start_must_leave_both_phases(tmp_path, capsys):
     args = ["benchmark", "daml", "--quick", "--synthetic", "--iterations", "4", "--out"]
     assert main(args + [str(tmp_path), "--difficulty-start", "4"]) == 2

@@ -38,7 +38,9 @@ def lesions():
 def test_meta_loss_hand_values():
     L = torch.tensor([0.5, 0.9, 1.3])
     eta, eps = 3.0, 0.1
-    expected = -(0.5**3) * np.log(0.5) - (0.9**3) * np.log(0.1) - (1.3**3) * np.log(0.1)
+    # below 1 - eps the paper's -L**eta log(1 - L); above, the log's tangent at 0.9:
+    # -log(0.1) + (1.3 - 0.9) / 0.1
+    expected = -(0.5**3) * np.log(0.5) - (0.9**3) * np.log(0.1) + 1.3**3 * (-np.log(0.1) + 4.0)
     assert np.isclose(difficulty_aware_loss(L, eta, eps).item(), expected, rtol=1e-6)
     # eta = 1, a single easy task: -L log(1 - L)
     assert np.isclose(difficulty_aware_loss(torch.tensor([0.2]), 1.0).item(), -0.2 * np.log(0.8))
@@ -46,10 +48,63 @@ def test_meta_loss_hand_values():
 
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0, 3.0, 5.0, 7.0, 10.0])
 def test_meta_loss_finite_at_and_above_one(eta):
-    L = torch.tensor([0.0, 0.5, 0.9, 0.999, 1.0, 1.5, 3.0], requires_grad=True)
+    L = torch.tensor([0.0, 0.5, 0.9, 0.999, 1.0, 1.5, 3.0, 50.0], requires_grad=True)
     loss = difficulty_aware_loss(L, eta, eps=0.1)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(L.grad).all()
+
+
+@pytest.mark.parametrize("eta", [1.0, 3.0, 5.0, 7.0])
+def test_task_weight_grows_with_the_task_loss(eta):
+    """w(L) = dL_meta/dL, by central finite differences of the loss in float64 on a
+    grid over [0, 3] (not by the formula), is finite and non-decreasing: no task
+    weighs less than an easier one, also past 1 - eps where the paper's clamp
+    cut the log's gradient."""
+    grid = np.linspace(1e-3, 3.0, 1500)
+    h = 1e-6
+
+    def f(v):
+        return difficulty_aware_loss(torch.tensor([v], dtype=torch.float64), eta).item()
+
+    w = np.array([(f(v + h) - f(v - h)) / (2 * h) for v in grid])
+    assert np.isfinite(w).all()
+    assert (np.diff(w) >= -1e-6 * np.abs(w[1:])).all(), grid[1:][np.diff(w) < 0]
+    # the literal clamp would drop the weight across 1 - eps (13.3 -> 7.6 at eta = 5)
+    assert f(0.95) > f(0.9) > f(0.85)
+    lo, hi = np.searchsorted(grid, 0.899), np.searchsorted(grid, 0.901)
+    assert w[hi] >= w[lo]
+
+
+def test_task_weights_in_history_match_the_meta_gradient(lesions):
+    X, y = lesions
+    clf = DAMLClassifier(**{**FAST, "meta_batch_size": 3}).fit(X, y)
+    for h in clf.history_:
+        L, w = np.array(h["task_losses"]), np.array(h["task_weights"])
+        assert L.shape == w.shape == (3,) and np.isclose(L.mean(), h["task_loss"], rtol=1e-5)
+        if not h["difficulty"]:
+            np.testing.assert_allclose(w, 1 / 3, rtol=1e-6)  # MAML's mean
+        else:  # a harder task never weighs less
+            order = np.argsort(L)
+            assert (np.diff(w[order]) >= -1e-6).all(), (L, w)
+            eff = w.sum() ** 2 / (w**2).sum()
+            assert np.isclose(eff, h["effective_tasks"], rtol=1e-5)
+
+
+def test_lr_decays_once_at_the_switch_and_adapt_steps_follow_training(lesions):
+    X, y = lesions
+    clf = DAMLClassifier(**{**FAST, "n_adapt_steps": None}).fit(X, y)
+    assert [h["lr"] for h in clf.history_] == pytest.approx([1e-3] * 3 + [1e-4] * 3)
+    assert clf._n_adapt_steps() == FAST["n_inner_steps"]
+    # a warm start that lengthens the run keeps the decay at the switch
+    part = DAMLClassifier(**{**FAST, "n_iterations": 3}).fit(X, y)
+    assert [h["lr"] for h in part.history_] == pytest.approx([1e-3] * 3)
+    part.set_params(n_iterations=6, warm_start=True).fit(X, y)
+    assert [h["lr"] for h in part.history_] == pytest.approx([1e-3] * 3 + [1e-4] * 3)
+    # without a switch: once at half of the run; an int keeps its step
+    never = DAMLClassifier(**{**FAST, "difficulty_start": None}).fit(X, y)
+    assert [h["lr"] for h in never.history_] == pytest.approx([1e-3] * 3 + [1e-4] * 3)
+    every = DAMLClassifier(**{**FAST, "lr_decay_step": 2}).fit(X, y)
+    assert [h["lr"] for h in every.history_] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
 
 
 def test_eta_zero_is_maml(lesions):

@@ -206,3 +206,40 @@ def test_real_retinamnist_beats_majority(retina_npz):
     qwk = quadratic_weighted_kappa(te.target, rep.predict(te.images))
     majority = np.full_like(te.target, np.bincount(tr.target).argmax())
     assert qwk > quadratic_weighted_kappa(te.target, majority) + 0.1
+
+
+# ------------------------------------------------------ nothing untrained survives
+@pytest.mark.parametrize("init", ["reptile", "supervised"])
+@pytest.mark.parametrize("mode", [True, "drop", False])
+def test_transfer_keeps_only_learned_weights_and_the_new_head(source_target, init, mode):
+    """Every parameter of the transferred network is the learned one (same name, same
+    values) or the new head; the convolutions' biases, which get no gradient under
+    BatchNorm, start at zero and so are still zero: dropping BatchNorm exposes
+    nothing random."""
+    (Xs, ys), _ = source_target
+    rep = ReptileInitializer(**{**FAST, "init": init, "remove_batchnorm": mode}).fit(Xs, ys)
+    learned = dict(rep.module_.named_parameters())
+    convs = [m for m in rep.module_.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.bias is None or not m.bias.any() for m in convs)
+    new = rep.init_module(4, random_state=1)
+    for name, p in new.named_parameters():
+        if name.startswith("head."):
+            assert p.shape[0] == 4
+            continue
+        assert name in learned, name
+        assert torch.equal(p, learned[name]), name
+    # the new head is the only parameter that differs from the learned network
+    assert {n for n, _ in new.named_parameters() if n.startswith("head.")} == {
+        "head.weight",
+        "head.bias",
+    }
+
+
+def test_fold_keeps_the_learned_function(source_target):
+    (Xs, ys), _ = source_target
+    rep = ReptileInitializer(**{**FAST, "remove_batchnorm": "fold"}).fit(Xs, ys)
+    new = rep.init_module(3, random_state=1).eval()
+    ref = rep.module_.eval()
+    x = torch.rand(4, 3, 16, 16)
+    with torch.no_grad():  # BatchNorm (running statistics) merged into the convolutions
+        torch.testing.assert_close(new.forward_features(x), ref.forward_features(x))

@@ -15,7 +15,8 @@ A subclass implements ``_fit``, ``_adapt(Xs, ys)`` and ``_predict_logits(X)``.
 validation tasks (:class:`~fewmed.fewshot._tasks.TaskDataset`), builds the network
 and its :class:`~fewmed.fewshot._meta_net.MetaNet`, and meta-trains. A meta-learner
 says only what is its own: ``_net_class`` (its meta-update), ``_backbone_kwargs``,
-``_lr_schedule`` and, where they differ, ``_outer_lr`` and ``_train_n_query``.
+``_lr_schedule`` and, where they differ, ``_outer_lr``, ``_train_n_shot`` and
+``_train_n_query``.
 """
 
 from __future__ import annotations
@@ -408,6 +409,10 @@ class BaseMetaLearner(FewShotMixin):
         """The outer loop's learning rate (the net's ``lr``)."""
         return self.meta_lr
 
+    def _train_n_shot(self) -> int:
+        """Support images per class of the training tasks."""
+        return self.task_shape_[1]
+
     def _train_n_query(self) -> int:
         """Query images per class of the training tasks."""
         return self.task_shape_[2]
@@ -434,7 +439,7 @@ class BaseMetaLearner(FewShotMixin):
     # ----------------------------------------------------------- the tasks
     def _train_tasks(self, Xt: np.ndarray, y: np.ndarray, seed: int, n_query: int) -> TaskDataset:
         """The ``n_iterations * meta_batch_size`` seeded meta-training tasks of ``(Xt, y)``."""
-        n_way, n_shot, _ = self.task_shape_
+        n_way, n_shot = self.task_shape_[0], self._train_n_shot()
         return TaskDataset(
             torch.from_numpy(Xt),
             y,

@@ -5,6 +5,9 @@ MICCAI 2020. MAML on binary k-shot tasks from common diseases; after a warm-up o
 plain MAML the meta-loss re-weights tasks by difficulty (Eq. 3)::
 
     L_DA = sum_i -L_i**eta * log(max(eps, 1 - L_i))
+
+read with the log continued by its tangent beyond ``1 - eps`` so that a task's
+weight grows with its loss (:func:`difficulty_aware_loss`).
 """
 
 from __future__ import annotations
@@ -26,15 +29,25 @@ __all__ = ["DAMLClassifier", "DAMLNet", "difficulty_aware_loss"]
 def difficulty_aware_loss(task_losses: torch.Tensor, eta: float, eps: float = 0.1) -> torch.Tensor:
     """The difficulty-aware meta-loss of DAML (Eq. 3), summed over tasks.
 
-    ``sum_i -L_i**eta * log(max(eps, 1 - L_i))``. Easy tasks (small ``L_i``) are
+    ``sum_i L_i**eta * g(L_i)`` with ``g(L) = -log(1 - L)`` for ``L <= 1 - eps``
+    and, beyond, the tangent of that log at ``1 - eps``:
+    ``g(L) = -log(eps) + (L - 1 + eps) / eps``. Easy tasks (small ``L_i``) are
     down-weighted by ``L_i**eta``; hard ones are emphasised by the log term.
 
-    The paper calls ``eps`` "the smallest positive integer satisfying
-    max(eps, 1 - L) > 0", which no integer can be for all ``L``; fewmed reads it as
-    a small positive float floor on ``1 - L``. With ``eps = 0.1`` the log term is
-    capped at ``-log(0.1) = 2.3`` and the per-task weight ``dL_DA / dL_i`` stays
-    bounded near and above ``L_i = 1`` (it is at most ``L**eta / eps`` from the
-    log's derivative), so loss and gradients are finite for every ``eta >= 0``.
+    How ``eps`` is read: the paper writes ``-L**eta * log(max(eps, 1 - L))`` with
+    ``eps`` "the smallest positive integer satisfying max(eps, 1 - L) > 0",
+    which no integer can be for every ``L``; it is there to keep the loss finite
+    for ``L >= 1``. The literal clamp does that but passes no gradient through
+    the log once ``L > 1 - eps``: a task's weight in the meta-gradient,
+    ``w_i = dL_DA / dL_i``, then falls (at ``eta = 5``, ``eps = 0.1``: 13.3 at
+    ``L = 0.899``, 7.6 at ``0.901``), so the hardest tasks, which the method
+    exists to emphasise, count less than moderately hard ones. fewmed keeps the
+    paper's log up to ``1 - eps`` and continues it by its tangent line, which
+    is finite for every ``L``, continuous with its first derivative, convex and
+    increasing. With ``g`` convex, increasing and ``g(0) = 0``, the weight
+    ``w(L) = eta L**(eta - 1) g(L) + L**eta g'(L)`` is non-decreasing in ``L``
+    for every ``eta >= 0`` (``dw/dL >= eta (eta + 1) L**(eta - 1) g'(L) >= 0``
+    because ``g(L) <= L g'(L)``). Below ``1 - eps`` the loss is the paper's.
 
     Parameters
     ----------
@@ -43,7 +56,7 @@ def difficulty_aware_loss(task_losses: torch.Tensor, eta: float, eps: float = 0.
     eta : float
         Focusing exponent (paper: 5; ablation 1, 3, 5, 7).
     eps : float, default=0.1
-        Floor of ``1 - L_i`` inside the log.
+        Where the log hands over to its tangent (``1 - L = eps``).
 
     Returns
     -------
@@ -61,7 +74,10 @@ def difficulty_aware_loss(task_losses: torch.Tensor, eta: float, eps: float = 0.
         raise ValueError(f"eps must be > 0, got {eps}.")
     # a floor keeps d(L**eta)/dL finite at L = 0 for eta < 1 (0 * inf otherwise)
     L = task_losses.clamp_min(1e-12)  # noqa: N806
-    return (-(L**eta) * torch.log(torch.clamp(1.0 - L, min=eps))).sum()
+    knot = 1.0 - eps
+    log_part = -torch.log1p(-torch.clamp(L, max=knot))
+    tangent = (L - knot).clamp_min(0.0) / eps
+    return (L**eta * (log_part + tangent)).sum()
 
 
 class DAMLNet(MetaNet):
@@ -71,13 +87,15 @@ class DAMLNet(MetaNet):
     ``T`` tasks. ``train_step_single`` adapts every task with ``n_inner_steps``
     differentiable SGD steps, takes the query losses ``L_i`` and back-propagates
     ``mean(L_i)`` (MAML) or, from iteration ``difficulty_start`` on, Eq. 3 divided
-    by ``T``; at the switch Adam's moments are reset (``reset_optimizer``).
+    by ``T``; at the switch Adam's moments are reset if ``reset_optimizer``.
     ``validation_step`` adapts first-order with ``n_adapt_steps`` and returns the
     query loss. Per iteration the history's batches hold ``meta_loss`` (= skorch's
-    ``train_loss``), ``task_loss``, ``query_acc``, ``effective_tasks``, ``lr`` and
-    ``difficulty``. It reads the hyper-parameters (``inner_lr``, ``n_inner_steps``,
-    ``n_adapt_steps``, ``first_order``, ``eta``, ``eps``, ``difficulty_start``,
-    ``reset_optimizer``, ``backend``) from its ``estimator``, a
+    ``train_loss``), ``task_loss``, ``task_losses`` and ``task_weights`` (each
+    task's ``L_i`` and ``w_i = dL_meta/dL_i``), ``query_acc``,
+    ``effective_tasks``, ``lr`` and ``difficulty``. It reads the hyper-parameters
+    (``inner_lr``, ``n_inner_steps``, ``n_adapt_steps``, ``first_order``, ``eta``,
+    ``eps``, ``difficulty_start``, ``reset_optimizer``, ``backend``) from its
+    ``estimator``, a
     :class:`DAMLClassifier`.
     """
 
@@ -128,6 +146,8 @@ class DAMLNet(MetaNet):
         self.record(
             meta_loss=meta.item(),
             task_loss=losses.mean().item(),
+            task_losses=losses.detach().cpu().tolist(),
+            task_weights=tw.cpu().tolist(),
             query_acc=accs.mean().item(),
             effective_tasks=(tw.sum() ** 2 / (tw**2).sum().clamp_min(1e-30)).item(),
             difficulty=difficulty,
@@ -146,12 +166,33 @@ class DAMLNet(MetaNet):
                 XQ,
                 YQ,
                 lr=self.estimator.inner_lr,
-                steps=self.estimator.n_adapt_steps,
+                steps=self.estimator._n_adapt_steps(),
                 first_order=True,
                 backend="autograd",
             )
         self.record(valid_acc=accs.mean().item())
         return {"loss": losses.mean().detach(), "y_pred": None}
+
+
+class _DecaySchedule(IterationSchedule):
+    """The meta learning rate's decay, read from the estimator at every iteration.
+
+    A warm start that lengthens the run moves the ``"auto"`` step with it.
+    """
+
+    def on_batch_begin(self, net, batch=None, training=None, **kwargs):
+        est = net.estimator
+        step = est._lr_decay_step()
+        self.schedule = _Once(step) if est.lr_decay_step == "auto" else step_decay(step)
+        super().on_batch_begin(net, batch=batch, training=training, **kwargs)
+
+
+class _Once:  # a class, not a closure: the net must pickle
+    def __init__(self, step: int | None) -> None:
+        self.step = step
+
+    def __call__(self, it: int) -> float:
+        return 0.1 if self.step is not None and it >= self.step else 1.0
 
 
 class DAMLClassifier(MetaNetAttributes, BaseMetaLearner):
@@ -185,15 +226,22 @@ class DAMLClassifier(MetaNetAttributes, BaseMetaLearner):
         Meta-updates (paper: 3000).
     meta_lr : float, default=1e-3
         Adam learning rate of the outer loop (paper: 1e-3).
-    lr_decay_step : int or None, default=2000
-        Divide the meta learning rate by 10 every ``lr_decay_step`` iterations
-        (the paper divides by 10 on a schedule; ``None`` keeps it constant).
+    lr_decay_step : "auto", int or None, default="auto"
+        When the meta learning rate is divided by 10. ``"auto"``: once, at
+        ``difficulty_start`` (at half of ``n_iterations`` when that is
+        ``None``), so the decay follows the run's length and MAML and DAML
+        branches that share a warm-up decay together (the paper "divides by 10
+        for every 150 epochs" without saying what an epoch is; its one switch
+        is at ~1500 of 3000 iterations). An int: every ``lr_decay_step``
+        iterations. ``None`` keeps it constant.
     inner_lr : float, default=0.05
         Learning rate of the inner SGD steps.
     n_inner_steps : int, default=5
         Inner SGD steps while meta-training.
-    n_adapt_steps : int, default=10
-        SGD steps of ``adapt`` on a new task.
+    n_adapt_steps : int or None, default=None
+        SGD steps of ``adapt`` (and of the validation tasks) on a new task;
+        ``None``: ``n_inner_steps``, the number the initialisation was
+        meta-trained to adapt with.
     first_order : bool, default=False
         Drop second-order terms of the meta-gradient (FOMAML).
     eta : float, default=5.0
@@ -201,15 +249,17 @@ class DAMLClassifier(MetaNetAttributes, BaseMetaLearner):
         ``eta=0`` switches the difficulty term off: plain MAML (the literal
         formula at ``eta=0``, ``-log(1 - L)``, is not MAML's loss).
     eps : float, default=0.1
-        Floor of ``1 - L_i`` inside the log (see :func:`difficulty_aware_loss`).
+        Where the log of Eq. 3 hands over to its tangent line (``1 - L_i = eps``),
+        which keeps the loss finite and each task's weight increasing in its
+        loss (see :func:`difficulty_aware_loss`).
     difficulty_start : int or None, default=1500
         Iteration from which the difficulty-aware loss replaces the mean loss
         (paper: ~1500 of 3000). ``None`` never switches: plain MAML.
-    reset_optimizer : bool, default=True
-        Restart Adam's moment estimates at the switch: the difficulty-aware loss
-        is 10-100x smaller than the mean loss, and Adam's second-moment memory
-        of the large MAML gradients would otherwise shrink the steps for
-        hundreds of iterations.
+    reset_optimizer : bool, default=False
+        Restart Adam's moment estimates at the switch (not in the paper). The
+        difficulty-aware loss is smaller than the mean loss, and Adam's
+        second-moment memory of the larger MAML gradients shrinks the first
+        steps after the switch until it decays (``beta2 = 0.999``).
     augment : bool or Augment, default=True
         Random scaling with crop, rotation and flips of every task image while
         meta-training (the paper's "heavy augmentation").
@@ -256,7 +306,9 @@ class DAMLClassifier(MetaNetAttributes, BaseMetaLearner):
     history_ : list of dict
         Per iteration, flattened from ``meta_net_.history``: ``meta_loss`` (also
         skorch's ``train_loss``), ``task_loss`` (mean query CE), ``query_acc``,
-        ``effective_tasks`` (``(sum w)^2 / sum w^2`` of the tasks' weights
+        ``task_losses`` and ``task_weights`` (per task of the meta-batch: ``L_i``
+        and ``w_i = dL_meta/dL_i``), ``effective_tasks`` (``(sum w)^2 / sum w^2``
+        of the tasks' weights
         ``w_i = dL_meta/dL_i``: ``meta_batch_size`` for MAML, fewer when the
         difficulty term concentrates the update on the hardest tasks), ``lr`` and
         ``difficulty`` (whether Eq. 3 was used).
@@ -295,10 +347,10 @@ class DAMLClassifier(MetaNetAttributes, BaseMetaLearner):
     _parameter_constraints: dict = {
         **META_CONSTRAINTS,
         "meta_lr": [Interval(Real, 0, None, closed="neither")],
-        "lr_decay_step": [Interval(Integral, 1, None, closed="left"), None],
+        "lr_decay_step": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left"), None],
         "inner_lr": [Interval(Real, 0, None, closed="neither")],
         "n_inner_steps": [Interval(Integral, 1, None, closed="left")],
-        "n_adapt_steps": [Interval(Integral, 0, None, closed="left")],
+        "n_adapt_steps": [Interval(Integral, 0, None, closed="left"), None],
         "first_order": ["boolean"],
         "eta": [Interval(Real, 0, None, closed="left")],
         "eps": [Interval(Real, 0, 1, closed="right")],
@@ -321,15 +373,15 @@ class DAMLClassifier(MetaNetAttributes, BaseMetaLearner):
         meta_batch_size=4,
         n_iterations=3000,
         meta_lr=1e-3,
-        lr_decay_step=2000,
+        lr_decay_step="auto",
         inner_lr=0.05,
         n_inner_steps=5,
-        n_adapt_steps=10,
+        n_adapt_steps=None,
         first_order=False,
         eta=5.0,
         eps=0.1,
         difficulty_start=1500,
-        reset_optimizer=True,
+        reset_optimizer=False,
         augment=True,
         backend="autograd",
         n_score_tasks=100,
@@ -376,7 +428,20 @@ class DAMLClassifier(MetaNetAttributes, BaseMetaLearner):
         return {"n_classes": self.task_shape_[0], "norm": "reference"}
 
     def _lr_schedule(self) -> tuple[str, IterationSchedule]:
-        return ("lr_schedule", IterationSchedule(step_decay(self.lr_decay_step)))
+        return ("lr_schedule", _DecaySchedule(step_decay(None)))
+
+    def _lr_decay_step(self) -> int | None:
+        """Iterations between the divisions by 10 of the meta learning rate."""
+        if self.lr_decay_step != "auto":
+            return self.lr_decay_step
+        step = self.difficulty_start
+        if step is None:
+            step = self.n_iterations // 2
+        # once: the next division would come after the run's end
+        return max(int(step), 1) if step < self.n_iterations else None
+
+    def _n_adapt_steps(self) -> int:
+        return self.n_inner_steps if self.n_adapt_steps is None else self.n_adapt_steps
 
     # --------------------------------------------------------------- adapt
     def _check_n_classes(self, n: int) -> None:
@@ -397,7 +462,7 @@ class DAMLClassifier(MetaNetAttributes, BaseMetaLearner):
                 Xs,
                 ys,
                 lr=self.inner_lr,
-                steps=self.n_adapt_steps,
+                steps=self._n_adapt_steps(),
                 first_order=True,
             )
         self.adapted_params_ = {k: v.detach() for k, v in adapted.items()}

@@ -58,8 +58,11 @@ class ReptileInitializer(BaseMetaLearner):
     n_way : int, default=5
         Classes per meta-training task (paper: 5-way).
     n_shot : int, default=5
-        Images per class of a meta-training task (paper: 5-shot), and the
-        support size of ``score``'s episodes.
+        Support images per class of ``score``'s episodes and of the validation
+        tasks (paper: 5-shot evaluation).
+    n_train_shot : int or None, default=15
+        Images per class of a meta-training task (Reptile's "train shots" for
+        5-shot mini-ImageNet, Table 4: 15); ``None``: ``n_shot``.
     n_query : int, default=15
         Query images per class of ``score``'s episodes.
     meta_batch_size : int, default=5
@@ -83,9 +86,12 @@ class ReptileInitializer(BaseMetaLearner):
         ``validation_fraction`` of the source, best weights restored).
     remove_batchnorm : bool or {"drop", "fold"}, default=True
         Remove BatchNorm from the network that is adapted (paper). ``True`` or
-        ``"drop"`` replaces it by an identity, ``"fold"`` merges it into the
-        preceding convolution (same function, no BatchNorm layer), ``False``
-        keeps it.
+        ``"drop"`` replaces it by an identity (the convolutions keep their
+        weights and their biases, which start at zero as in the reference
+        implementation and stay there under BatchNorm, so nothing random is
+        left), ``"fold"`` merges it into the preceding convolution (same
+        function, no BatchNorm layer: its learned scale and shift are kept),
+        ``False`` keeps it.
     fine_tune : {"auto", "few-shot", "full"}, default="auto"
         How ``adapt`` trains. ``"few-shot"``: ``n_adapt_steps`` inner-loop steps on
         the support set. ``"full"``: skorch training with Adam (``lr``,
@@ -118,6 +124,12 @@ class ReptileInitializer(BaseMetaLearner):
         ``meta_net_.history``; when epoch callbacks act).
     n_valid_tasks : int, default=50
         Fixed validation tasks drawn from ``fit``'s ``X_valid, y_valid``.
+    meta_patience : int or None, default=5
+        With validation tasks, stop meta-training after ``meta_patience``
+        epochs (of ``iterations_per_epoch`` outer steps) without a lower
+        validation loss and restore the best initialization (the paper selects
+        every model, the meta-learned one included, by early stopping).
+        ``None``: run all ``n_iterations``.
     callbacks : list of skorch callbacks or (name, callback) tuples, default=None
         Added to the meta-training net's own (the ``epsilon`` schedule,
         ``PrintLog`` and a ``ProgressBar`` when ``verbose``), e.g. ``Checkpoint``
@@ -172,6 +184,8 @@ class ReptileInitializer(BaseMetaLearner):
         **META_CONSTRAINTS,
         "init": [StrOptions({"reptile", "random", "supervised"})],
         "n_query": [Interval(Integral, 0, None, closed="left")],
+        "n_train_shot": [Interval(Integral, 1, None, closed="left"), None],
+        "meta_patience": [Interval(Integral, 1, None, closed="left"), None],
         "meta_step_size": [Interval(Real, 0, None, closed="left")],
         "meta_step_size_final": [Interval(Real, 0, None, closed="left")],
         "inner_lr": [Interval(Real, 0, None, closed="neither")],
@@ -200,6 +214,7 @@ class ReptileInitializer(BaseMetaLearner):
         n_filters=32,
         n_way=5,
         n_shot=5,
+        n_train_shot=15,
         n_query=15,
         meta_batch_size=5,
         n_iterations=1000,
@@ -223,6 +238,7 @@ class ReptileInitializer(BaseMetaLearner):
         n_score_tasks=100,
         iterations_per_epoch=100,
         n_valid_tasks=50,
+        meta_patience=5,
         callbacks=None,
         device="cpu",
         random_state=None,
@@ -233,6 +249,7 @@ class ReptileInitializer(BaseMetaLearner):
         self.n_filters = n_filters
         self.n_way = n_way
         self.n_shot = n_shot
+        self.n_train_shot = n_train_shot
         self.n_query = n_query
         self.meta_batch_size = meta_batch_size
         self.n_iterations = n_iterations
@@ -256,12 +273,30 @@ class ReptileInitializer(BaseMetaLearner):
         self.n_score_tasks = n_score_tasks
         self.iterations_per_epoch = iterations_per_epoch
         self.n_valid_tasks = n_valid_tasks
+        self.meta_patience = meta_patience
         self.callbacks = callbacks
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
 
     # ----------------------------------------------------------------- fit
+    def _seeded_backbone(self, seed: int, n_classes: int | None, **kwargs) -> nn.Module:
+        """The backbone with its convolutions' biases at zero (the reference's init).
+
+        Under BatchNorm a bias before it has no effect and, mathematically, no
+        gradient, so whatever it starts at survives meta-training and
+        pre-training; at zero, removing BatchNorm (``"drop"``) exposes nothing
+        random. They are also frozen until the transfer: their numerical gradient
+        is rounding noise (~1e-9), which Adam would scale up to full-size steps.
+        """
+        module = super()._seeded_backbone(seed, n_classes, **kwargs)
+        with torch.no_grad():
+            for m in module.modules():
+                if isinstance(m, nn.Conv2d) and m.bias is not None:
+                    m.bias.zero_()
+                    m.bias.requires_grad_(False)
+        return module
+
     def _build(self, n_classes: int, seed: int) -> nn.Module:
         module = self._seeded_backbone(seed, **{**self._backbone_kwargs(), "n_classes": n_classes})
         return module.to(resolve_device(self.device))
@@ -292,7 +327,11 @@ class ReptileInitializer(BaseMetaLearner):
         self.n_iter_ = 0
         self.meta_net_ = None
         if self.init == "reptile":
-            super()._fit(Xt, y, X_valid, y_valid)
+            self._validating = X_valid is not None
+            try:
+                super()._fit(Xt, y, X_valid, y_valid)
+            finally:
+                del self._validating
             self.seed_ = self.meta_net_.seed
             self.module_ = self.meta_net_.module_
             self.history_ = self.meta_net_.iteration_records()
@@ -321,6 +360,18 @@ class ReptileInitializer(BaseMetaLearner):
     def _train_n_query(self) -> int:
         return 0  # Reptile trains on the support sets only
 
+    def _train_n_shot(self) -> int:
+        return self.task_shape_[1] if self.n_train_shot is None else self.n_train_shot
+
+    def _make_net(self, seed: int):
+        net = super()._make_net(seed)
+        if getattr(self, "_validating", False) and self.meta_patience is not None:
+            from skorch.callbacks import EarlyStopping
+
+            stop = EarlyStopping(patience=self.meta_patience, load_best=True, sink=_silent)
+            net.callbacks = [*net.callbacks, ("meta_early_stopping", stop)]
+        return net
+
     def _pretrain(self, Xt: np.ndarray, y: np.ndarray) -> None:
         classes, codes = np.unique(y, return_inverse=True)
         module = self._build(len(classes), self.seed_)
@@ -334,7 +385,10 @@ class ReptileInitializer(BaseMetaLearner):
 
     # --------------------------------------------------------------- export
     def _transfer(self, n_classes: int, seed: int) -> nn.Module:
-        return transfer(self.module_, n_classes, seed, remove_batchnorm=self.remove_batchnorm)
+        model = transfer(self.module_, n_classes, seed, remove_batchnorm=self.remove_batchnorm)
+        for p in model.parameters():  # the fine-tuning trains every weight, biases too
+            p.requires_grad_(True)
+        return model
 
     def init_module(self, n_classes: int, *, random_state: int | None = None) -> nn.Module:
         """A new network for ``n_classes`` starting from the learned initialization.
@@ -477,3 +531,7 @@ class ReptileInitializer(BaseMetaLearner):
             for i in range(0, len(X), batch_size):
                 out.append(model(X[i : i + batch_size].to(device)).cpu())
         return torch.cat(out).numpy()
+
+
+def _silent(*args, **kwargs) -> None:  # a function, not a lambda: the net must pickle
+    return None

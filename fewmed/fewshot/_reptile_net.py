@@ -93,7 +93,8 @@ class ReptileNet(MetaNet):
     >>> from fewmed import ReptileInitializer
     >>> from fewmed.datasets import make_synthetic_lesions
     >>> d = make_synthetic_lesions(n_classes=3, n_per_class=10, size=16, random_state=0)
-    >>> rep = ReptileInitializer(n_way=3, n_shot=2, n_filters=4, n_iterations=2, verbose=0)
+    >>> rep = ReptileInitializer(n_way=3, n_shot=2, n_train_shot=None, n_filters=4,
+    ...                          n_iterations=2, verbose=0)
     >>> net = rep.fit(d.images, d.target).meta_net_
     >>> type(net).__name__, net.n_iter_
     ('ReptileNet', 2)
