@@ -97,9 +97,13 @@ def relational_kd_loss(
     * Multi-class: binary terms of different teachers would ask one softmax for
       inconsistent marginals, so ``KD_i`` distils the samples *of class i*: the KL
       between the teacher's softmax over its subset's classes (+ its "other"
-      output) and the student's softmax grouped the same way (the student's
-      "other" is the total probability of the classes outside the subset), as in
-      LFME (Xiang et al., 2020, the paper's ref. [13]):
+      output) and the student's softmax grouped the same way, as in LFME (Xiang
+      et al., 2020, the paper's ref. [13]). The student's "other" logit is
+      ``logsumexp(z_outside) / T``: the outside classes are grouped at ``T = 1``
+      (their total probability) and then tempered like the teacher's one "other"
+      logit, so at every ``T`` the minimiser gives the student the teacher's
+      ``T = 1`` "other" probability (grouping *tempered* probabilities instead
+      would drive it to 0 as ``T`` grows):
       ``KD_i = T**2 / n * sum_{n: y_n = i} KL_n``, so ``sum_i KD_i`` is a batch mean.
       ``teacher_log_probs`` is ``(n, K + 1)``: per sample, the teacher's log-probs
       at ``T`` of the subset's classes (columns of those classes), of "other"
@@ -146,8 +150,10 @@ def relational_kd_loss(
     t_lp = teacher_log_probs.to(student_logits.dtype)
     in_subset = torch.isfinite(t_lp[:, :k])
     z = student_logits / temperature
-    outside = torch.where(in_subset, torch.full_like(z, -torch.inf), z)
-    other = torch.logsumexp(outside, dim=1, keepdim=True)
+    # the student's "other" groups the outside classes at T = 1 and is then tempered,
+    # as the teacher's "other" is one logit divided by T: log sum_j exp(z_j) / T
+    outside = torch.where(in_subset, torch.full_like(z, -torch.inf), student_logits)
+    other = torch.logsumexp(outside, dim=1, keepdim=True) / temperature
     has_other = torch.isfinite(t_lp[:, k:])
     z_ext = torch.cat(
         [
