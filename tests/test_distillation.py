@@ -90,11 +90,30 @@ def test_kd_loss_matches_hand_computation_multilabel():
     sig = lambda z: 1 / (1 + np.exp(-z / T))  # noqa: E731
     kd = T**2 * _bkl(sig(zt.numpy().astype(float)), sig(zs.numpy().astype(float)))[0]
     np.testing.assert_allclose(per_class.numpy(), kd, rtol=1e-5)
-    assert loss.item() == pytest.approx(kd.sum(), rel=1e-5)
+    assert loss.item() == pytest.approx(kd.mean(), rel=1e-5)  # a per-element mean, like BCE
     # the gradient flows to the student only
     zs.requires_grad_(True)
     relational_kd_loss(zs, teacher, torch.ones(2), T, multilabel=True)[0].backward()
     assert zs.grad.abs().sum() > 0
+
+
+def test_multilabel_kd_and_bce_balance_does_not_depend_on_the_number_of_labels():
+    # repeating every label column twice changes neither BCE (a per-element mean) nor
+    # KD: their balance per (sample, label) element does not grow with K
+    T = 4.0
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    Y = (torch.rand(6, 3, generator=g) > 0.5).float()
+
+    def losses(zs, zt, Y):
+        teacher = torch.stack(binary_log_probs(zt, T, multilabel=True), dim=-1)
+        w = torch.ones(zs.shape[1])
+        kd = relational_kd_loss(zs, teacher, w, T, multilabel=True)[0]
+        return kd.item(), torch.nn.functional.binary_cross_entropy_with_logits(zs, Y).item()
+
+    kd, bce = losses(zs, zt, Y)
+    kd2, bce2 = losses(zs.repeat(1, 2), zt.repeat(1, 2), Y.repeat(1, 2))
+    assert kd2 == pytest.approx(kd, rel=1e-6) and bce2 == pytest.approx(bce, rel=1e-6)
 
 
 def test_eq3_weights_in_each_case():

@@ -93,7 +93,13 @@ def relational_kd_loss(
       class, ``KD_i = T**2 * mean_n KL((q_ni, 1 - q_ni) || (q^_ni, 1 - q^_ni))`` with
       ``q = sigmoid(z / T)`` of the teacher of class ``i``'s subset and ``q^`` of the
       student, over every sample. ``teacher_log_probs`` is ``(n, K, 2)``:
-      ``log q`` and ``log(1 - q)`` (see :func:`binary_log_probs`).
+      ``log q`` and ``log(1 - q)`` (see :func:`binary_log_probs`). The loss is
+      ``(1 / K) sum_i w_i KD_i``: a mean over the ``n * K`` (sample, label)
+      elements, like the student's BCE (``BCEWithLogitsLoss``' mean), so that
+      each element's KD term weighs against its BCE term as in the paper's
+      Eq. 4, ``L = sum_i (L_BCE,i + w_i KD_i)`` with both terms summed over the
+      labels; summing ``K`` KD means against one BCE mean would weigh KD ``K``
+      times more per element.
     * Multi-class: binary terms of different teachers would ask one softmax for
       inconsistent marginals, so ``KD_i`` distils the samples *of class i*: the KL
       between the teacher's softmax over its subset's classes (+ its "other"
@@ -123,7 +129,7 @@ def relational_kd_loss(
     Returns
     -------
     loss : Tensor
-        The scalar ``sum_i w_i KD_i``.
+        The scalar ``sum_i w_i KD_i`` (multi-label: divided by ``K``).
     per_class : Tensor of shape (K,)
         The unweighted ``KD_i`` (detached).
 
@@ -138,12 +144,14 @@ def relational_kd_loss(
     w = weights.to(device=student_logits.device, dtype=student_logits.dtype)
     T2 = temperature**2
     if multilabel:
+        k_labels = student_logits.shape[1]
         s_log_p, s_log_not = binary_log_probs(student_logits, temperature, True)
         t_log_p, t_log_not = teacher_log_probs[..., 0], teacher_log_probs[..., 1]
         kl = _xlogx_diff(t_log_p, s_log_p) + _xlogx_diff(t_log_not, s_log_not)
         per_class = kl.mean(dim=0) * T2
         active = w != 0
-        return (w[active] * per_class[active]).sum(), per_class.detach()
+        # a per-element mean, as BCE's: (1 / K) sum_i w_i KD_i (see the docstring)
+        return (w[active] * per_class[active]).sum() / k_labels, per_class.detach()
     if y is None:
         raise ValueError("relational_kd_loss needs the class codes y for a multi-class student.")
     n, k = student_logits.shape
