@@ -63,13 +63,20 @@ def test_kd_minimiser_reproduces_teacher_other_probability_at_T1(T):
     inf = torch.inf
     teacher = torch.tensor([[t_lp[0], t_lp[1], -inf, -inf, -inf, t_lp[2]]], dtype=torch.float64)
     z = torch.tensor([[0.3, 0.1, 2.0, -1.0, 0.5]], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([z], lr=1, max_iter=500, tolerance_grad=1e-14,
-                            tolerance_change=1e-16, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [z],
+        lr=1,
+        max_iter=500,
+        tolerance_grad=1e-14,
+        tolerance_change=1e-16,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
-        loss = relational_kd_loss(z, teacher, torch.ones(5, dtype=torch.float64), T,
-                                  y=torch.tensor([0]))[0]
+        loss = relational_kd_loss(
+            z, teacher, torch.ones(5, dtype=torch.float64), T, y=torch.tensor([0])
+        )[0]
         loss.backward()
         return loss
 

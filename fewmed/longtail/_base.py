@@ -30,9 +30,8 @@ and ``set_params`` see every parameter; the members' ``__init__`` signatures
 from __future__ import annotations
 
 import inspect
-from typing import Any
-
 import math
+from typing import Any
 
 import numpy as np
 from skorch.callbacks import Callback

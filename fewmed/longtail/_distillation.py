@@ -291,7 +291,8 @@ class EpochWeights(Callback):
     hold-out (``student_scores_history_``) and, for ``kd="relational"``, sets
     ``kd_weights_`` by :func:`relational_weights` (0 for classes
     without a teacher); both go to the history (``kd_weights``,
-    ``valid_class_scores``).
+    ``valid_class_scores``), and the teachers' quality (``teacher_quality_``)
+    to the fit's first epoch (``teacher_quality``).
     """
 
     def on_epoch_end(self, net, **kwargs):
@@ -311,5 +312,8 @@ class EpochWeights(Callback):
             new = relational_weights(net.teacher_scores_, scores, net.delta)
             new[~state["has_teacher"]] = 0.0
             net.kd_weights_ = new
+        if not state.get("quality_recorded", True):  # the teachers, once per fit
+            net.history.record("teacher_quality", getattr(net, "teacher_quality_", {}))
+            state["quality_recorded"] = True
         net.history.record("kd_weights", used.tolist())
         net.history.record("valid_class_scores", scores.tolist())
