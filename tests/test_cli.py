@@ -144,23 +144,3 @@ def test_inner_loop_benchmark_smoke(capsys, tmp_path):
         assert paired["q25"] <= paired["median"] <= paired["q75"]
     out = capsys.readouterr().out
     assert "speed vs baseline" in out and "per round (IQR)" in out
-
-
-def test_rskd_benchmark_smoke_paired_differences_and_teachers(capsys, tmp_path):
-    args = ["benchmark", "rskd", "--quick", "--synthetic", "--methods", "ERM", "RSKD shot"]
-    args += ["--folds", "2", "--epochs", "1", "--filters", "4", "--size", "12"]
-    args += ["--no-multilabel", "--no-speedup", "--out", str(tmp_path)]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "minus ERM, fold by fold" in out and "Teachers (mean over folds)" in out
-    ham = json.loads((tmp_path / "rskd.json").read_text())["ham10000"]
-    d = ham["paired_vs_erm"]["RSKD shot"]["tail"]
-    per_fold = [
-        100 * (a["tail"] - b["tail"])
-        for a, b in zip(*(ham["folds"][m] for m in ("RSKD shot", "ERM")))
-    ]
-    assert np.allclose(d["per_fold"], per_fold) and np.isfinite(d["ci95"])
-    assert ham["paired_vs_erm"]["RSKD shot"]["fit_time_ratio"] > 0
-    quality = ham["folds"]["RSKD shot"][0]["teacher_quality"]
-    assert all({"acc", "map", "valid_ap_eq3", "epochs"} <= set(q) for q in quality.values())
-    assert (tmp_path / "rskd.png").exists()

@@ -146,6 +146,10 @@ def test_reproducible_pickle_and_clone(toy_long_tail):
         ({"weight_metric": "auc"}, "weight_metric"),
         ({"teacher": 3}, "teacher must be"),
         ({"train_split": lambda *a: a}, "train_split must be None"),
+        ({"teacher_max_steps": "twice"}, "teacher_max_steps must be"),
+        ({"teacher_max_steps": 0}, "teacher_max_steps must be"),
+        ({"teacher_patience": 0}, "teacher_patience must be"),
+        ({"lr_schedule": "linear"}, "lr_schedule must be"),
     ],
 )
 def test_bad_parameters(toy_long_tail, params, match):
@@ -221,3 +225,13 @@ def test_rskd_benchmark_smoke_on_synthetic(capsys, tmp_path):
     assert speed["ham_shot_subsets"]["speedup"] > 0
     assert len(speed["ham_shot_subsets"]["all_seconds"]["n_jobs_2"]) == 2
     assert (tmp_path / "rskd.png").stat().st_size > 1000
+    # every method minus ERM fold by fold, with its interval; the teachers' quality
+    assert "minus ERM, fold by fold" in out and "Teachers (mean over folds)" in out
+    ham = payload["ham10000"]
+    d = ham["paired_vs_erm"]["RSKD shot"]["tail"]
+    rskd, erm = ham["folds"]["RSKD shot"], ham["folds"]["ERM"]
+    per_fold = [100 * (a["tail"] - b["tail"]) for a, b in zip(rskd, erm)]
+    assert np.allclose(d["per_fold"], per_fold) and np.isfinite(d["ci95"])
+    assert ham["paired_vs_erm"]["RSKD shot"]["fit_time_ratio"] > 0
+    quality = rskd[0]["teacher_quality"]
+    assert all({"acc", "map", "valid_ap_eq3", "epochs"} <= set(q) for q in quality.values())
