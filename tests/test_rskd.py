@@ -20,6 +20,8 @@ from fewmed.longtail._distillation import relational_kd_loss
 from fewmed.metrics import group_mean_average_precision
 
 SMALL = dict(n_filters=8, max_epochs=2, batch_size=32, random_state=0)
+#: Tail-AP margin of the real-data test: ~2 standard deviations of RSKD minus ERM over seeds.
+MARGIN = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +208,31 @@ def test_short_run_on_ham10000_beats_chance_in_tail_map(ham28):
     tail = clf.subsets_["tail"]
     chance = np.mean([np.mean(y[test] == k) for k in tail])  # AP of random scores
     assert got["tail"] > chance + 0.05, (got, chance)
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_short_run_on_ham10000_tail_ap_not_below_erm_beyond_noise(ham28):
+    # one lesion-grouped fold of HAM10000 capped at 800 images per class, seed 0, 6
+    # epochs: the fixed KD grouping no longer collapses the tail (it lost 11-13 tail
+    # mAP points against ERM before). MARGIN is about two standard deviations of
+    # the RSKD-minus-ERM tail AP over seeds 0-2 of this very setting (docs/rskd.md).
+    X, y, groups = ham28.images, ham28.target, ham28.groups
+    rng = np.random.default_rng(0)
+    keep = np.concatenate([rng.permutation(np.flatnonzero(y == k))[:800] for k in np.unique(y)])
+    X, y, groups = X[keep], y[keep], groups[keep]
+    train, test = next(StratifiedGroupKFold(4, shuffle=True, random_state=0).split(X, y, groups))
+    counts = np.bincount(y[train], minlength=7)
+    common = dict(n_filters=16, max_epochs=6, batch_size=64, lr=2e-3, lr_schedule="cosine")
+    common.update(teacher_patience=3, many=0.2, few=0.06, random_state=0)
+    tails = {}
+    for kd in (None, "relational"):
+        clf = RelationalSubsetsDistiller(kd=kd, **common).fit(X[train], y[train])
+        got = group_mean_average_precision(
+            y[test], clf.predict_proba(X[test]), counts, many=0.2, few=0.06
+        )
+        tails[kd] = got["tail"]
+    assert tails["relational"] >= tails[None] - MARGIN, tails
 
 
 @pytest.mark.slow

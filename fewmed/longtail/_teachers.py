@@ -296,6 +296,8 @@ class TeacherValidation(Callback):
 
     def initialize(self):
         self.best_, self.best_state_, self.best_epoch_ = None, None, 0
+        if self.X is not None and not self.X.flags.writeable:  # a joblib memmap
+            self.X = np.array(self.X)
         return self
 
     def on_epoch_end(self, net, **kwargs):
