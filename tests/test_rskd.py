@@ -224,7 +224,7 @@ def test_short_run_on_ham10000_tail_ap_not_below_erm_beyond_noise(ham28):
     train, test = next(StratifiedGroupKFold(4, shuffle=True, random_state=0).split(X, y, groups))
     counts = np.bincount(y[train], minlength=7)
     common = dict(n_filters=16, max_epochs=6, batch_size=64, lr=2e-3, lr_schedule="cosine")
-    common.update(teacher_patience=3, many=0.2, few=0.06, random_state=0)
+    common.update(many=0.2, few=0.06, random_state=0)
     tails = {}
     for kd in (None, "relational"):
         clf = RelationalSubsetsDistiller(kd=kd, **common).fit(X[train], y[train])

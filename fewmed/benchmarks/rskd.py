@@ -62,7 +62,8 @@ METHODS = {
 
 PROFILES = {
     # 2 CPU cores: Conv4-16 at 28 px, 5 epochs, cosine decay; teachers get as many
-    # steps as the student (teacher_max_steps="student"), early-stopped (patience 3)
+    # steps as the student (teacher_max_steps="student"), early-stopped after a
+    # quarter of their epochs without a better validation loss
     "quick": dict(
         size=28,
         module="conv4",
@@ -72,7 +73,7 @@ PROFILES = {
         lr=2e-3,
         lr_schedule="cosine",
         teacher_max_steps="student",
-        teacher_patience=3,
+        teacher_patience=0.25,
     ),
     # for a GPU: ResNet at 64 px, 40 epochs, augmentation
     "full": dict(
@@ -84,7 +85,7 @@ PROFILES = {
         lr=1e-3,
         lr_schedule="cosine",
         teacher_max_steps="student",
-        teacher_patience=5,
+        teacher_patience=0.25,
     ),
 }
 
@@ -105,7 +106,12 @@ def add_arguments(parser) -> None:
         help="teachers' budget in optimiser steps: 'student' (as many as the student), "
         "an int, or 'epochs' (the student's max_epochs, the old behaviour)",
     )
-    parser.add_argument("--teacher-patience", type=int, default=None)
+    parser.add_argument(
+        "--teacher-patience",
+        type=lambda v: float(v) if "." in v else int(v),
+        default=None,
+        help="epochs (int) or a share of each teacher's epochs (float in (0, 1))",
+    )
     parser.add_argument("--n-jobs", type=int, default=2, help="teachers trained at once")
     parser.add_argument("--no-multilabel", action="store_true", help="skip ChestX-ray14")
     parser.add_argument("--no-speedup", action="store_true", help="skip the n_jobs timing")

@@ -132,11 +132,14 @@ class RelationalSubsetsDistiller(LongTailClassifier):
         (``max_epochs`` epochs of the student's data), so a teacher of a small
         subset sees as many updates as the student instead of a few dozen;
         ``None`` gives the teachers the student's ``max_epochs``.
-    teacher_patience : int or None, default=5
+    teacher_patience : int, float or None, default=0.25
         Early stopping of each teacher on its share of the validation hold-out
         (its subset's samples + an "other" share): training stops after this
-        many epochs without a lower validation loss and the best epoch's weights
-        are kept; ``None``: no early stopping (the best epoch is still kept).
+        many epochs (a float in ``(0, 1)``: this share of the teacher's epochs)
+        without a lower validation loss and the best epoch's weights are kept;
+        ``None``: no early stopping (the best epoch is still kept). A share
+        suits teachers of very different sizes: a small one runs many short
+        epochs and needs several before its evaluation-mode outputs settle.
     n_jobs : int or None, default=None
         Cores for the teachers (joblib, loky backend); ``-1`` for all. Teachers
         train at once, one torch thread each; once none is waiting, the cores of
@@ -238,7 +241,7 @@ default=None
         validation_fraction: float = 0.1,
         teacher: dict | None = None,
         teacher_max_steps: int | str | None = "student",
-        teacher_patience: int | None = 5,
+        teacher_patience: float | None = 0.25,
         n_jobs: int | None = None,
         memory: Any = None,
         sampler: str | None = None,
@@ -298,10 +301,13 @@ default=None
                 f"teacher_max_steps must be 'student', an int >= 1 or None, got {steps!r}."
             )
         pat = self.teacher_patience
-        if pat is not None and (
-            not isinstance(pat, (int, np.integer)) or isinstance(pat, bool) or pat < 1
-        ):
-            raise ValueError(f"teacher_patience must be an int >= 1 or None, got {pat!r}.")
+        is_int = isinstance(pat, (int, np.integer)) and not isinstance(pat, bool) and pat >= 1
+        is_share = isinstance(pat, float) and 0 < pat < 1
+        if not (pat is None or is_int or is_share):
+            raise ValueError(
+                "teacher_patience must be an int >= 1 (epochs), a float in (0, 1) (a share "
+                f"of the teacher's epochs) or None, got {pat!r}."
+            )
 
     def _loss_terms(self) -> tuple[str, ...]:
         return ("train_loss_base", "train_loss_kd") if self.kd is not None else ()

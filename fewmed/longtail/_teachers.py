@@ -21,6 +21,7 @@ fitted teachers (the estimator keeps its skorch hooks):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -225,6 +226,27 @@ def teacher_epochs(student: Any, n_student: int, n_teacher: int) -> int:
     return max(1, -(-int(steps) // per_epoch(n_teacher)))
 
 
+def patience_epochs(patience: float | None, max_epochs: int) -> int | None:
+    """Epochs without a better validation loss before a teacher stops.
+
+    An int is a number of epochs; a float in ``(0, 1)`` a share of the teacher's
+    ``max_epochs`` (rounded up, at least 1), so a small teacher with many short
+    epochs is not stopped while its BatchNorm statistics still settle (a tail
+    teacher of ~300 images predicts one class in evaluation mode for its first
+    ~6 epochs, then reaches 0.88 accuracy); ``None``: never.
+
+    Examples
+    --------
+    >>> patience_epochs(0.25, 46), patience_epochs(0.25, 7), patience_epochs(5, 46)
+    (12, 2, 5)
+    """
+    if patience is None:
+        return None
+    if isinstance(patience, float) and patience < 1:
+        return max(1, math.ceil(patience * int(max_epochs)))
+    return int(patience)
+
+
 def teacher_jobs(
     student: Any,
     X: np.ndarray,
@@ -239,8 +261,9 @@ def teacher_jobs(
     (multi-label teachers without ``classes``), its budget (:func:`teacher_epochs`)
     and, given ``valid`` (the hold-out's images and targets), a
     :class:`TeacherValidation` callback on its share of the hold-out (early
-    stopping after ``teacher_patience`` epochs without a better validation
-    loss), ready for :func:`fit_teachers`.
+    stopping after ``teacher_patience`` epochs, or that share of its epochs,
+    without a better validation loss, :func:`patience_epochs`), ready for
+    :func:`fit_teachers`.
     """
     jobs = []
     datasets = teacher_datasets(
@@ -260,7 +283,9 @@ def teacher_jobs(
             check = TeacherValidation(
                 valid[0][data.valid_rows],
                 data.valid_y,
-                patience=getattr(student, "teacher_patience", None),
+                patience=patience_epochs(
+                    getattr(student, "teacher_patience", None), params["max_epochs"]
+                ),
                 columns=data.columns,
             )
             params["callbacks"] = [*(params.get("callbacks") or []), ("teacher_valid", check)]
