@@ -484,7 +484,7 @@ def _plot(summary: dict, path: Path, paired: dict | None = None) -> Path | None:
     ax.set_xticks(np.arange(4) + 0.4 - width / 2)
     ax.set_xticklabels(cols)
     ax.set_ylabel("mAP (%)")
-    ax.set_title("HAM10000 long-tailed, 4-fold lesion-grouped CV")
+    ax.set_title("HAM10000 long-tailed, lesion-grouped CV (mean ± std over the folds run)")
     ax.legend(ncol=3, fontsize=8)
     paired = paired or {}
     width2 = 0.8 / max(1, len(paired))
