@@ -20,8 +20,9 @@ from fewmed.longtail._distillation import relational_kd_loss
 from fewmed.metrics import group_mean_average_precision
 
 SMALL = dict(n_filters=8, max_epochs=2, batch_size=32, random_state=0)
-#: Tail-AP margin of the real-data test: ~2 standard deviations of RSKD minus ERM over seeds.
-MARGIN = 0.05
+#: Tail-AP margin of the real-data test: two standard deviations of RSKD minus ERM tail AP
+#: over seeds 0-2 of its setting (+0.049, -0.007, -0.094: sd 0.072; measured with n_jobs=2).
+MARGIN = 0.14
 
 
 @pytest.fixture(scope="module")
@@ -214,9 +215,11 @@ def test_short_run_on_ham10000_beats_chance_in_tail_map(ham28):
 @pytest.mark.realdata
 def test_short_run_on_ham10000_tail_ap_not_below_erm_beyond_noise(ham28):
     # one lesion-grouped fold of HAM10000 capped at 800 images per class, seed 0, 6
-    # epochs: the fixed KD grouping no longer collapses the tail (it lost 11-13 tail
-    # mAP points against ERM before). MARGIN is about two standard deviations of
-    # the RSKD-minus-ERM tail AP over seeds 0-2 of this very setting (docs/rskd.md).
+    # epochs: the fixed KD grouping no longer collapses the tail (on the benchmark it
+    # lost 10.5 tail mAP points to ERM before). MARGIN: two standard deviations of
+    # the RSKD-minus-ERM tail AP over seeds 0-2 of this very setting; seed 0 gives
+    # +0.05. One fold of a capped HAM10000 is noisy: the test catches a collapse,
+    # not a small loss.
     X, y, groups = ham28.images, ham28.target, ham28.groups
     rng = np.random.default_rng(0)
     keep = np.concatenate([rng.permutation(np.flatnonzero(y == k))[:800] for k in np.unique(y)])
