@@ -173,12 +173,9 @@ def test_channels_last_on_cpu_gives_the_same_predictions(toy, monkeypatch):
     np.testing.assert_allclose(fast.predict_proba(X), plain.predict_proba(X), atol=1e-3)
 
 
-def test_cosine_schedule_callback_and_training_only_cap():
-    from fewmed.benchmarks.cdc import _callbacks, _cap_largest
+def test_training_only_cap():
+    from fewmed.benchmarks.cdc import _cap_largest
 
-    assert _callbacks("none", 5, 100, 10) == []
-    (name, sched) = _callbacks("cosine", 3, 95, 10)[0]
-    assert name == "lr_scheduler" and sched.kwargs["T_max"] == 30
     y = np.array([0] * 50 + [1] * 10 + [2] * 5)
     train = np.arange(65)
     kept = _cap_largest(train, y, 20, seed=0)
@@ -200,3 +197,77 @@ def test_lr_scheduler_callback_decays_the_learning_rate(toy):
     narrow = CDCClassifier(decoder_filters=3, **SMALL).fit(X, y)
     convs = [m for m in narrow.decoder_.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [3, 3, 3]
+
+
+# ---------------------------------------------------------------- the decoder at work
+@pytest.fixture(scope="module")
+def lesions28():
+    from fewmed.datasets import make_synthetic_lesions
+
+    d = make_synthetic_lesions(n_classes=3, n_per_class=40, size=28, random_state=0)
+    return d.images, d.target
+
+
+def test_decoder_reads_the_quick_profiles_spatial_map(lesions28):
+    from fewmed.benchmarks.cdc import PROFILES
+
+    X, y = lesions28
+    prof = PROFILES["quick"]
+    clf = CDCClassifier(
+        module=prof["module"],
+        module__n_pools=prof["n_pools"],
+        n_filters=4,
+        max_epochs=1,
+        batch_size=40,
+        random_state=0,
+    )
+    seen = []
+    clf.initialize()
+    clf.fit(X, y)  # builds the networks; hook the decoder and train one more epoch
+    clf.decoder_.register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape)))
+    clf.partial_fit(X, y)
+    assert seen and all(s[1:] == clf.module_.feature_shape for s in seen)
+    c, h, w = seen[0][1:]
+    assert h >= 4 and w >= 4  # a 7 x 7 map at 28 px, not Conv4's usual 1 x 1
+
+
+@pytest.mark.parametrize("kind", ["upsample", "deconv"])
+def test_short_fit_lowers_the_reconstruction_error(lesions28, kind):
+    X, y = lesions28
+    clf = CDCClassifier(
+        module__n_pools=2,
+        n_filters=8,
+        max_epochs=6,
+        batch_size=30,
+        lr=3e-3,
+        decoder_kind=kind,
+        random_state=0,
+    )
+    clf.fit(X, y)
+    rec, psnr_curve = clf.history[:, "train_loss_rec"], clf.history[:, "train_psnr"]
+    assert rec[-1] < 0.5 * rec[0] and psnr_curve[-1] > psnr_curve[0] + 3
+    Xf = clf.get_dataset(X).X.numpy()
+    err = np.mean((clf.reconstruct(X) - Xf) ** 2)
+    assert err < np.var(Xf)  # better than the best constant image (the mean pixel)
+
+
+def test_decoder_kaiming_init_and_the_papers_schedule(toy):
+    from fewmed.nn import Decoder
+
+    dec = Decoder((64, 7, 7), (3, 28, 28), n_filters=64)
+    conv = next(m for m in dec.modules() if isinstance(m, torch.nn.Conv2d))
+    fan_in = conv.in_channels * 9
+    assert conv.weight.std().item() == pytest.approx(np.sqrt(2 / fan_in), rel=0.05)
+    assert torch.all(conv.bias == 0)
+    X, y = toy
+    clf = CDCClassifier(
+        optimizer=torch.optim.SGD,
+        optimizer__momentum=0.9,
+        lr=1e-3,
+        lr_schedule="step",
+        **{**SMALL, "max_epochs": 4},
+    ).fit(X, y)
+    lrs = [b["lr"] for epoch in clf.history for b in epoch["batches"]]
+    per_epoch = len(lrs) // 4
+    assert lrs[: 2 * per_epoch] == [1e-3] * (2 * per_epoch)  # / 10 at half of max_epochs
+    assert lrs[2 * per_epoch :] == pytest.approx([1e-4] * (2 * per_epoch))

@@ -180,11 +180,25 @@ def test_cdc_benchmark_smoke_with_another_backbone(capsys, tmp_path):
     assert "vgg-4" in out and "Table 1" in out and "Table 2" not in out  # no focal methods
     payload = json.loads((tmp_path / "cdc.json").read_text())
     assert payload["module"] == "vgg" and payload["synthetic_data"] is True
-    # CDC minus CE fold by fold (the same folds), with a t interval over the folds
-    assert "CDC MF1 gain over CE" in out and "95% CI over folds" in out
-    gain, res = payload["mf1_gain_cdc_minus"]["CE"], payload["results"]
+    # every method minus CE fold by fold (the same folds), with a t interval over the folds
+    assert "minus CE, fold by fold" in out and "95% CI" in out
+    gain, res = payload["paired_differences"]["CE"]["CDC"]["mf1"], payload["results"]
     per_fold = [100 * (c["mf1"] - b["mf1"]) for c, b in zip(res["CDC"], res["CE"])]
     assert np.allclose(gain["per_fold"], per_fold) and np.isclose(gain["mean"], np.mean(per_fold))
+    assert np.isfinite(gain["ci95"]) and "test_psnr" in res["CDC"][0]
+    assert "train_psnr" in payload["curves_fold0"]["CDC"]
+
+
+def test_cdc_benchmark_quick_profile_gives_the_decoder_a_spatial_map(capsys, tmp_path):
+    args = ["benchmark", "cdc", "--quick", "--synthetic", "--methods", "CE", "CDC"]
+    args += ["--filters", "4", "--epochs", "1", "--max-folds", "1", "--out", str(tmp_path)]
+    assert (
+        main(args + ["--decoder-kind", "deconv", "--optimizer", "sgd", "--schedule", "step"]) == 0
+    )
+    payload = json.loads((tmp_path / "cdc.json").read_text())
+    c, h, w = payload["results"]["CDC"][0]["feature_shape"]
+    assert payload["size"] == 28 and h >= 4 and w >= 4  # Conv4 pooling twice: 7 x 7
+    assert payload["decoder_kind"] == "deconv" and payload["optimizer"] == "sgd"
 
 
 def test_inner_loop_benchmark_smoke(capsys, tmp_path):

@@ -37,7 +37,9 @@ def test_kd_loss_matches_hand_computation_multiclass():
     p = torch.softmax(zs / T, 1).numpy()
     q0, q1 = t0.exp().numpy(), t1.exp().numpy()
     kl0 = np.sum(q0 * np.log(q0 / p[0]))  # student's "other" for {0, 1} is class 2
-    s1 = np.array([p[1, 2], p[1, 0] + p[1, 1]])  # grouped: class 2 vs the rest
+    # grouped: class 2 vs the rest, the rest's probability taken at T = 1, then tempered
+    g = np.array([0.0, np.log(np.exp(0.5) + np.exp(2.0))]) / T
+    s1 = np.exp(g) / np.exp(g).sum()
     kl1 = np.sum(q1 * np.log(q1 / s1))
     np.testing.assert_allclose(per_class.numpy(), [T**2 * kl0 / 2, 0.0, T**2 * kl1 / 2])
     assert loss.item() == pytest.approx(T**2 / 2 * (kl0 + 0.25 * kl1), rel=1e-10)
@@ -51,6 +53,41 @@ def test_kd_loss_matches_hand_computation_multiclass():
     assert torch.isfinite(lnot).all() and lnot[0, 0] < -49
 
 
+@pytest.mark.parametrize("T", [1.0, 3.0, 10.0, 20.0])
+def test_kd_minimiser_reproduces_teacher_other_probability_at_T1(T):
+    # a teacher of subset {0, 1} (+ "other") and a 5-class student; minimise KD over
+    # the student's logits numerically and read the student's probabilities at T = 1
+    t_logits = torch.tensor([1.0, -0.5, 0.2], dtype=torch.float64)  # other: 0.158 at T = 1
+    q1 = torch.softmax(t_logits, 0)
+    t_lp = torch.log_softmax(t_logits / T, 0)
+    inf = torch.inf
+    teacher = torch.tensor([[t_lp[0], t_lp[1], -inf, -inf, -inf, t_lp[2]]], dtype=torch.float64)
+    z = torch.tensor([[0.3, 0.1, 2.0, -1.0, 0.5]], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS(
+        [z],
+        lr=1,
+        max_iter=500,
+        tolerance_grad=1e-14,
+        tolerance_change=1e-16,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        opt.zero_grad()
+        loss = relational_kd_loss(
+            z, teacher, torch.ones(5, dtype=torch.float64), T, y=torch.tensor([0])
+        )[0]
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        opt.step(closure)
+    p = torch.softmax(z.detach()[0], 0).numpy()  # the student at T = 1
+    assert closure().item() < 1e-10
+    np.testing.assert_allclose(p[2:].sum(), q1[2].item(), atol=1e-5)
+    np.testing.assert_allclose(p[:2], q1[:2].numpy(), atol=1e-5)
+
+
 def test_kd_loss_matches_hand_computation_multilabel():
     T = 3.0
     zs = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
@@ -60,11 +97,30 @@ def test_kd_loss_matches_hand_computation_multilabel():
     sig = lambda z: 1 / (1 + np.exp(-z / T))  # noqa: E731
     kd = T**2 * _bkl(sig(zt.numpy().astype(float)), sig(zs.numpy().astype(float)))[0]
     np.testing.assert_allclose(per_class.numpy(), kd, rtol=1e-5)
-    assert loss.item() == pytest.approx(kd.sum(), rel=1e-5)
+    assert loss.item() == pytest.approx(kd.mean(), rel=1e-5)  # a per-element mean, like BCE
     # the gradient flows to the student only
     zs.requires_grad_(True)
     relational_kd_loss(zs, teacher, torch.ones(2), T, multilabel=True)[0].backward()
     assert zs.grad.abs().sum() > 0
+
+
+def test_multilabel_kd_and_bce_balance_does_not_depend_on_the_number_of_labels():
+    # repeating every label column twice changes neither BCE (a per-element mean) nor
+    # KD: their balance per (sample, label) element does not grow with K
+    T = 4.0
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    Y = (torch.rand(6, 3, generator=g) > 0.5).float()
+
+    def losses(zs, zt, Y):
+        teacher = torch.stack(binary_log_probs(zt, T, multilabel=True), dim=-1)
+        w = torch.ones(zs.shape[1])
+        kd = relational_kd_loss(zs, teacher, w, T, multilabel=True)[0]
+        return kd.item(), torch.nn.functional.binary_cross_entropy_with_logits(zs, Y).item()
+
+    kd, bce = losses(zs, zt, Y)
+    kd2, bce2 = losses(zs.repeat(1, 2), zt.repeat(1, 2), Y.repeat(1, 2))
+    assert kd2 == pytest.approx(kd, rel=1e-6) and bce2 == pytest.approx(bce, rel=1e-6)
 
 
 def test_eq3_weights_in_each_case():

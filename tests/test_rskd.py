@@ -19,6 +19,9 @@ from fewmed.longtail._distillation import relational_kd_loss
 from fewmed.metrics import group_mean_average_precision
 
 SMALL = dict(n_filters=8, max_epochs=2, batch_size=32, random_state=0)
+#: Tail-AP margin of the real-data test: two standard deviations of RSKD minus ERM tail AP
+#: over seeds 0-2 of its setting (+0.049, -0.007, -0.094: sd 0.072; measured with n_jobs=2).
+MARGIN = 0.14
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +148,10 @@ def test_reproducible_pickle_and_clone(toy_long_tail):
         ({"weight_metric": "auc"}, "weight_metric"),
         ({"teacher": 3}, "'teacher' parameter"),
         ({"train_split": lambda *a: a}, "'train_split' parameter.*None"),
+        ({"teacher_max_steps": "twice"}, "'teacher_max_steps' parameter"),
+        ({"teacher_max_steps": 0}, "'teacher_max_steps' parameter"),
+        ({"teacher_patience": 0}, "'teacher_patience' parameter"),
+        ({"lr_schedule": "linear"}, "'lr_schedule' parameter"),
     ],
 )
 def test_bad_parameters(toy_long_tail, params, match):
@@ -178,6 +185,33 @@ def test_short_run_on_ham10000_beats_chance_in_tail_map(ham28):
 
 
 @pytest.mark.slow
+@pytest.mark.realdata
+def test_short_run_on_ham10000_tail_ap_not_below_erm_beyond_noise(ham28):
+    # one lesion-grouped fold of HAM10000 capped at 800 images per class, seed 0, 6
+    # epochs: the fixed KD grouping no longer collapses the tail (on the benchmark it
+    # lost 10.5 tail mAP points to ERM before). MARGIN: two standard deviations of
+    # the RSKD-minus-ERM tail AP over seeds 0-2 of this very setting; seed 0 gives
+    # +0.05. One fold of a capped HAM10000 is noisy: the test catches a collapse,
+    # not a small loss.
+    X, y, groups = ham28.images, ham28.target, ham28.groups
+    rng = np.random.default_rng(0)
+    keep = np.concatenate([rng.permutation(np.flatnonzero(y == k))[:800] for k in np.unique(y)])
+    X, y, groups = X[keep], y[keep], groups[keep]
+    train, test = next(StratifiedGroupKFold(4, shuffle=True, random_state=0).split(X, y, groups))
+    counts = np.bincount(y[train], minlength=7)
+    common = dict(n_filters=16, max_epochs=6, batch_size=64, lr=2e-3, lr_schedule="cosine")
+    common.update(many=0.2, few=0.06, random_state=0)
+    tails = {}
+    for kd in (None, "relational"):
+        clf = RelationalSubsetsDistiller(kd=kd, **common).fit(X[train], y[train])
+        got = group_mean_average_precision(
+            y[test], clf.predict_proba(X[test]), counts, many=0.2, few=0.06
+        )
+        tails[kd] = got["tail"]
+    assert tails["relational"] >= tails[None] - MARGIN, tails
+
+
+@pytest.mark.slow
 def test_rskd_benchmark_smoke_on_synthetic(capsys, tmp_path):
     import json
 
@@ -194,3 +228,13 @@ def test_rskd_benchmark_smoke_on_synthetic(capsys, tmp_path):
     assert speed["ham_shot_subsets"]["speedup"] > 0
     assert len(speed["ham_shot_subsets"]["all_seconds"]["n_jobs_2"]) == 2
     assert (tmp_path / "rskd.png").stat().st_size > 1000
+    # every method minus ERM fold by fold, with its interval; the teachers' quality
+    assert "minus ERM, fold by fold" in out and "Teachers (mean over folds)" in out
+    ham = payload["ham10000"]
+    d = ham["paired_vs_erm"]["RSKD shot"]["tail"]
+    rskd, erm = ham["folds"]["RSKD shot"], ham["folds"]["ERM"]
+    per_fold = [100 * (a["tail"] - b["tail"]) for a, b in zip(rskd, erm)]
+    assert np.allclose(d["per_fold"], per_fold) and np.isfinite(d["ci95"])
+    assert ham["paired_vs_erm"]["RSKD shot"]["fit_time_ratio"] > 0
+    quality = rskd[0]["teacher_quality"]
+    assert all({"acc", "map", "valid_ap_eq3", "epochs"} <= set(q) for q in quality.values())

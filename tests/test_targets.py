@@ -39,24 +39,29 @@ def test_indicator_rows():
     assert out.dtype == np.int64 and out.tolist() == [[1, 0], [1, 1]]
 
 
-def test_validation_split_is_stratified_and_seeded():
+def test_validation_split_is_per_class_seeded_and_spares_the_tail():
     y = np.repeat([0, 1, 2], [40, 16, 4])
     train, valid = validation_split(y, 0.25, seed=0)
     assert len(valid) == 15 and len(train) == 45 and not set(train) & set(valid)
     assert np.bincount(y[valid]).tolist() == [10, 4, 1]  # every class held out
     again = validation_split(y, 0.25, seed=0)
     np.testing.assert_array_equal(again[1], valid)
-    # a class of one sample: not stratified, but still a split
+    # a class of one sample keeps it for training
     lone = np.array([0] * 9 + [1])
     train, valid = validation_split(lone, 0.2, seed=0)
-    assert len(valid) == 2 and len(train) == 8
+    assert len(valid) == 2 and len(train) == 8 and 9 in train
+    # classes below the median size give a smaller share (fraction * sqrt(n / median))
+    y = np.repeat([0, 1, 2, 3], [1000, 400, 100, 25])
+    held = np.bincount(y[validation_split(y, 0.1, seed=1)[1]]).tolist()
+    assert held == [100, 40, 6, 1]  # a stratified 10% takes 10 and 2-3 of the last two
     # multi-label rows are stratified by their rarest positive label
     Y = np.zeros((40, 3), dtype=int)
     Y[:30, 0] = 1
     Y[30:, 1] = 1
     Y[::4, 2] = 1  # 10 rows carry the rare label 2 (and another one)
     train, valid = validation_split(Y, 0.2, seed=0, multilabel=True)
-    assert len(valid) == 8 and Y[valid, 2].sum() == 2  # rare label kept in proportion
+    # strata 22 (label 0), 8 (label 1), 10 (label 2): 4, 1 (8 < median 10) and 2 rows
+    assert len(valid) == 7 and Y[valid, 2].sum() == 2
 
 
 def test_balanced_sample_weights():

@@ -12,6 +12,7 @@ from fewmed import RelationalSubsetsDistiller
 from fewmed.longtail._teachers import (
     ThreadSchedule,
     teacher_datasets,
+    teacher_epochs,
     teacher_params,
     thread_plan,
 )
@@ -140,6 +141,7 @@ def test_teacher_params_follow_the_student():
         "batch_size": 64,
         "augment": True,
         "device": "cpu",
+        "lr_schedule": None,
         "module__dropout": 0.1,
         "kd": None,
         "random_state": 11,
@@ -148,3 +150,39 @@ def test_teacher_params_follow_the_student():
     }  # no loss, class_weight, train_split or predict_nonlinearity: a plain teacher
     teacher = RelationalSubsetsDistiller(**params)
     assert teacher.loss == "ce" and teacher.class_weight is None
+    # the budget (teacher_epochs) is used unless ``teacher`` sets max_epochs
+    assert teacher_params(student, 11, 3, max_epochs=40)["max_epochs"] == 2
+    student.set_params(teacher=None)
+    assert teacher_params(student, 11, 3, max_epochs=40)["max_epochs"] == 40
+
+
+def test_teacher_budget_in_steps():
+    student = RelationalSubsetsDistiller(max_epochs=5, batch_size=64)
+    # "student": the student's 5 x 100 steps, over the teacher's 10 batches per epoch
+    assert teacher_epochs(student, 6400, 640) == 50
+    assert teacher_epochs(student, 6400, 6400) == 5  # as large as the student: its epochs
+    assert teacher_epochs(student, 6400, 650) == 46  # 11 batches per epoch, rounded up
+    student.set_params(teacher_max_steps=30)
+    assert teacher_epochs(student, 6400, 640) == 3
+    student.set_params(teacher_max_steps=None)
+    assert teacher_epochs(student, 6400, 640) == 5  # the student's max_epochs
+
+
+def test_teachers_stop_early_on_their_validation_share_and_report_quality(toy_long_tail):
+    X, y = toy_long_tail
+    clf = RelationalSubsetsDistiller(
+        teacher_max_steps=60, teacher_patience=2, validation_fraction=0.2, **SMALL
+    ).fit(X, y)
+    assert set(clf.teacher_quality_) == set(clf.subsets_)
+    assert clf.history[0, "teacher_quality"] == clf.teacher_quality_
+    assert "teacher_quality" not in clf.history[-1]
+    for name, teacher in clf.teachers_.items():
+        losses = teacher.history[:, "teacher_valid_loss"]
+        best = int(np.argmin(losses)) + 1
+        q = clf.teacher_quality_[name]
+        assert q["best_epoch"] == best and q["loss"] == min(losses)
+        assert q["epochs"] == len(losses) and len(losses) <= best + 2  # patience 2
+        assert 0 <= q["acc"] <= 1 and 0 <= q["valid_ap_eq3"] <= 1
+        assert not any(n == "teacher_valid" and cb.X is not None for n, cb in teacher.callbacks_)
+    # at least one teacher ran more epochs than the student's 2 (its own budget)
+    assert max(q["epochs"] for q in clf.teacher_quality_.values()) > 2

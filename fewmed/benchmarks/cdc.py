@@ -4,8 +4,12 @@
 (``StratifiedGroupKFold``). Eight methods: CE, WCE, CD, CDC (Table 1) and FL, WFL,
 CD+FL, CDC+FL (Table 2), all with the same backbone and budget; Table 3 is the
 same metrics averaged over the smallest classes (akiec, vasc, df). Accuracy and
-macro AUC are reported too, and the CDC / plain epoch-time ratio is measured in
-the same run.
+macro AUC are reported too, every method's fold-by-fold difference to CE (and
+WCE) with its 95% interval (:func:`fewmed.metrics.paired_confidence_interval`),
+the decoder's reconstruction quality (PSNR per epoch on the training batches,
+and on the test fold), and the CDC / plain epoch-time ratio measured in the same
+run. The decoder reads a spatial feature map: at the quick profile Conv4-16 with
+its first two poolings only (``module__n_pools=2``: 16 x 7 x 7 at 28 px).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from fewmed.benchmarks._common import (
     write_json,
 )
 from fewmed.datasets import load_ham10000_or_synthetic
-from fewmed.metrics import mean_confidence_interval
+from fewmed.metrics import paired_confidence_interval
 
 RARE = ["akiec", "vasc", "df"]
 
@@ -46,16 +50,19 @@ DEFAULT_METHODS = ["CE", "WCE", "CD", "CDC", "FL", "WFL", "CD+FL", "CDC+FL"]
 FLIPS = dict(scale=(1.0, 1.0), rotation=0.0, translate=False)
 
 PROFILES = {
-    # 2 CPU cores, < 15 minutes for 8 methods x 5 folds (40 fits)
+    # 2 CPU cores: Conv4-16 pooling twice (a 16 x 7 x 7 map for the decoder)
     "quick": dict(
         size=28,
         module="conv4",
         n_filters=16,
+        n_pools=2,
         epochs=8,
         batch_size=128,
         lr=3e-3,
         decoder_filters=None,
         decoder_scale=0.5,  # half-resolution decoder blocks: 1.5x a plain epoch, not 2.3-2.8x
+        decoder_kind="upsample",
+        optimizer="adam",
         augment="flips",
         schedule="cosine",
         nv_cap=None,
@@ -65,11 +72,14 @@ PROFILES = {
         size=64,
         module="resnet",
         n_filters=32,
+        n_pools=None,
         epochs=60,
         batch_size=64,
         lr=1e-3,
         decoder_filters=None,
         decoder_scale=1.0,
+        decoder_kind="upsample",
+        optimizer="adam",
         augment="full",
         schedule="cosine",
         nv_cap=None,
@@ -102,8 +112,23 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--decoder-scale", type=float, default=None, help="decoder resolution (0, 1]"
     )
+    parser.add_argument(
+        "--pools", type=int, default=None, help="Conv4's poolings (2: a 7x7 map at 28 px)"
+    )
+    parser.add_argument("--decoder-kind", default=None, choices=["upsample", "deconv"])
+    parser.add_argument(
+        "--optimizer",
+        default=None,
+        choices=["adam", "sgd"],
+        help="sgd: momentum 0.9 (the paper's, with --schedule step --lr 1e-3)",
+    )
     parser.add_argument("--augment", default=None, choices=list(AUGMENT))
-    parser.add_argument("--schedule", default=None, choices=["cosine", "none"])
+    parser.add_argument(
+        "--schedule",
+        default=None,
+        choices=["cosine", "step", "none"],
+        help="step: the rate divided by 10 at half of the epochs (the paper's)",
+    )
     parser.add_argument(
         "--nv-cap",
         type=int,
@@ -140,15 +165,31 @@ def _ms(values) -> str:
     return f"{v.mean():.2f} ({v.std():.2f})"
 
 
-def _callbacks(schedule: str, epochs: int, n_train: int, batch_size: int) -> list:
-    """A per-batch cosine learning-rate decay (skorch ``LRScheduler``) or nothing."""
-    if schedule == "none" or epochs < 1:
-        return []
-    from skorch.callbacks import LRScheduler
-    from torch.optim.lr_scheduler import CosineAnnealingLR
+_GAIN_KEYS = ("mf1", "accuracy", "auc", "rare_f1")
 
-    steps = epochs * -(-n_train // batch_size)
-    return [("lr_scheduler", LRScheduler(CosineAnnealingLR, T_max=steps, step_every="batch"))]
+
+def _paired_gains(results: dict, n_folds: int) -> dict:
+    """Every method minus CE and minus WCE, fold by fold: mean, 95% CI, per fold (x 100)."""
+    out = {}
+    for b in ("CE", "WCE"):
+        if b not in results:
+            continue
+        out[b] = {}
+        for m in results:
+            if m == b:
+                continue
+            out[b][m] = {}
+            for k in _GAIN_KEYS:
+                get = (lambda r: r["rare"]["f1"]) if k == "rare_f1" else (lambda r, k=k: r[k])
+                a = 100 * np.array([get(r) for r in results[m]])
+                c = 100 * np.array([get(r) for r in results[b]])
+                ci = paired_confidence_interval(a, c)
+                out[b][m][k] = {
+                    "mean": ci.mean,
+                    "ci95": ci.half_width if n_folds > 1 else float("nan"),
+                    "per_fold": (a - c).tolist(),
+                }
+    return out
 
 
 def _cap_largest(train: np.ndarray, y: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
@@ -187,6 +228,15 @@ def run(args) -> dict:
     augment = args.augment or prof["augment"]
     dec_filters = args.decoder_filters or prof["decoder_filters"]
     dec_scale = args.decoder_scale or prof["decoder_scale"]
+    dec_kind = args.decoder_kind or prof["decoder_kind"]
+    optimizer = args.optimizer or prof["optimizer"]
+    pools = args.pools if args.pools is not None else prof["n_pools"]
+    module_kwargs = {"module__n_pools": pools} if module == "conv4" and pools is not None else {}
+    opt_kwargs = (
+        {"optimizer": torch.optim.SGD, "optimizer__momentum": 0.9}
+        if optimizer == "sgd"
+        else {"optimizer": torch.optim.Adam}
+    )
     schedule = args.schedule or prof["schedule"]
     nv_cap = args.nv_cap if args.nv_cap is not None else prof["nv_cap"]
     rec_weight = None if args.reconstruction_weight == "none" else args.reconstruction_weight
@@ -206,10 +256,10 @@ def run(args) -> dict:
     print(
         f"data: {'SYNTHETIC lesions' if synthetic else 'HAM10000'} at {size}px, {len(y)} images, "
         f"counts {dict(zip(names, np.bincount(y).tolist()))}; {args.folds}-fold "
-        f"StratifiedGroupKFold on lesions; {module}-{filters or 'default'}, {epochs} epochs, "
-        f"batch {batch_size}, Adam lr {lr} ({schedule} schedule), augment {augment!r}, "
-        f"alpha {args.alpha}, beta {args.beta}, reconstruction_weight {rec_weight}, "
-        f"decoder_filters {dec_filters}, decoder_scale {dec_scale}",
+        f"StratifiedGroupKFold on lesions; {module}-{filters or 'default'} {module_kwargs}, "
+        f"{epochs} epochs, batch {batch_size}, {optimizer} lr {lr} ({schedule} schedule), "
+        f"augment {augment!r}, alpha {args.alpha}, beta {args.beta}, reconstruction_weight "
+        f"{rec_weight}, decoder {dec_kind} filters {dec_filters} scale {dec_scale}",
         flush=True,
     )
     if nv_cap is not None:
@@ -239,14 +289,26 @@ def run(args) -> dict:
                 reconstruction_weight=rec_weight,
                 decoder_filters=dec_filters,
                 decoder_scale=dec_scale,
+                decoder_kind=dec_kind,
                 augment=AUGMENT[augment],
-                callbacks=_callbacks(schedule, epochs, len(tr), batch_size),
+                lr_schedule=None if schedule == "none" else schedule,
                 random_state=args.seed + fold,
                 device=args.device,
+                **module_kwargs,
+                **opt_kwargs,
                 **METHODS[m],
             )
             clf.fit(X[tr], y[tr])
             score = _scores(y[te], clf.predict_proba(X[te]), len(names))
+            if clf.decoder:
+                from fewmed.longtail._cdc import psnr
+
+                Xte = clf.get_dataset(X[te]).X
+                score["test_psnr"] = psnr(
+                    torch.as_tensor(clf.reconstruct(X[te])), Xte, clf.data_info_["in_unit_range"]
+                )
+            if fold == 0:
+                score["feature_shape"] = list(clf.module_.feature_shape)
             score["rare"] = {
                 k: float(np.mean([score[f"{k}_per_class"][i] for i in rare_idx]))
                 for k in ("f1", "precision", "recall")
@@ -256,16 +318,23 @@ def run(args) -> dict:
             if fold == 0:
                 keys = [
                     k
-                    for k in ("train_loss", "train_loss_cls", "train_loss_rec", "train_loss_twin")
+                    for k in (
+                        "train_loss",
+                        "train_loss_cls",
+                        "train_loss_rec",
+                        "train_psnr",
+                        "train_loss_twin",
+                    )
                     if k in clf.history[-1]
                 ]
                 curves[m] = {k: list(clf.history[:, k]) for k in keys}
             if args.verbose:
+                rec = f" PSNR {score['test_psnr']:.1f} dB" if "test_psnr" in score else ""
                 print(
                     f"fold {fold} {m:7s} MF1 {100 * score['mf1']:.2f} acc "
                     f"{score['accuracy']:.3f} AUC {score['auc']:.3f} rare-F1 "
-                    f"{100 * score['rare']['f1']:.2f} epoch {np.mean(clf.history[:, 'dur']):.2f}s "
-                    f"[{time.time() - t0:.0f}s]",
+                    f"{100 * score['rare']['f1']:.2f}{rec} epoch "
+                    f"{np.mean(clf.history[:, 'dur']):.2f}s [{time.time() - t0:.0f}s]",
                     flush=True,
                 )
     n_folds = len(next(iter(results.values())))
@@ -306,24 +375,22 @@ def run(args) -> dict:
             f"\nepoch time: CE {np.mean(durations['CE']):.2f}s, CDC "
             f"{np.mean(durations['CDC']):.2f}s, ratio {ratio:.2f}x (target <= 2.5x)"
         )
-    gain = {}
-    if "CDC" in results and "CE" in results:
-        # the folds are the same for every method: compare fold by fold
-        for b in ("CE", "WCE"):
-            if b in results:
-                per_fold = 100 * (
-                    np.array([r["mf1"] for r in results["CDC"]])
-                    - np.array([r["mf1"] for r in results[b]])
-                )
-                ci = mean_confidence_interval(per_fold)
-                gain[b] = {"mean": ci.mean, "ci95": ci.half_width, "per_fold": per_fold.tolist()}
+    gain = _paired_gains(results, n_folds)
+    for b, per_method in gain.items():
+        rows = [
+            [m] + [f"{g[k]['mean']:+.2f} ± {g[k]['ci95']:.2f}" for k in _GAIN_KEYS]
+            for m, g in per_method.items()
+        ]
         print(
-            "CDC MF1 gain over "
-            + ", ".join(
-                f"{b}: {g['mean']:+.2f}"
-                + (f" +- {g['ci95']:.2f} (95% CI over folds)" if n_folds > 1 else "")
-                for b, g in gain.items()
-            )
+            f"\nminus {b}, fold by fold (same folds): mean ± 95% CI half-width (100 x)\n"
+            + format_table(rows, ["method", *_GAIN_KEYS])
+        )
+    psnrs = {m: [r["test_psnr"] for r in results[m] if "test_psnr" in r] for m in results}
+    psnrs = {m: float(np.mean(v)) for m, v in psnrs.items() if v}
+    if psnrs:
+        print(
+            "reconstruction PSNR on the test folds (dB): "
+            + ", ".join(f"{m} {v:.2f}" for m, v in psnrs.items())
         )
     total = time.time() - t0
     print(f"total {total / 60:.1f} min", flush=True)
@@ -353,7 +420,11 @@ def run(args) -> dict:
         "results": results,
         "epoch_seconds": {m: float(np.mean(d)) for m, d in durations.items()},
         "epoch_time_ratio_cdc_over_ce": ratio,
-        "mf1_gain_cdc_minus": gain,
+        "paired_differences": gain,
+        "test_psnr": psnrs,
+        "optimizer": optimizer,
+        "module_kwargs": module_kwargs,
+        "decoder_kind": dec_kind,
         "curves_fold0": curves,
         "tables": tables,
         "seconds": total,
@@ -373,7 +444,7 @@ def _plot(path, results, curves, names) -> None:
         import matplotlib.pyplot as plt
     except ImportError:  # plotting is an extra
         return
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 4.5))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(20, 4.5))
     methods = list(results)
     width = 0.8 / max(1, len(methods))
     x = np.arange(len(names))
@@ -397,6 +468,13 @@ def _plot(path, results, curves, names) -> None:
     ax2.set_ylabel("training loss (fold 0)")
     ax2.set_title("training curves")
     ax2.legend(fontsize=7, ncol=2)
+    for m, c in curves.items():
+        if "train_psnr" in c:
+            ax3.plot(np.arange(1, len(c["train_psnr"]) + 1), c["train_psnr"], label=m)
+    ax3.set_xlabel("epoch")
+    ax3.set_ylabel("reconstruction PSNR (dB, training batches, fold 0)")
+    ax3.set_title("the decoder at work")
+    ax3.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

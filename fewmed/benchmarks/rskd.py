@@ -7,7 +7,11 @@ class and grouped by lesion (``StratifiedGroupKFold``). Methods: ERM, RS
 (class-balanced re-sampling), RW (class-weighted CE), focal loss, plain KD at
 T = 3, 10, 20 from the shot-based teachers (Table 4), RSKD shot-based and RSKD
 feature-based (melanocytic-looking pigmented lesions {mel, nv, bkl} apart from
-{bcc, akiec, vasc, df}). mAP per head / medium / tail group and in total.
+{bcc, akiec, vasc, df}). mAP per head / medium / tail group and in total, and
+every method's fold-by-fold difference to ERM with its 95% interval
+(:func:`fewmed.metrics.paired_confidence_interval`); the teachers' quality (their
+own validation accuracy / mAP, the epoch kept, and Eq. 3's per-subset AP) and
+each method's fit time against ERM's.
 
 Multi-label: the real NIH ChestX-ray14 label table (14 findings, 112,120 rows)
 gives the shot-based subsets and a real long-tailed label co-occurrence; the
@@ -57,10 +61,32 @@ METHODS = {
 }
 
 PROFILES = {
-    # 2 CPU cores, < 15 minutes: Conv4-16 at 28 px, 5 epochs, 4 folds x 9 methods
-    "quick": dict(size=28, module="conv4", n_filters=16, epochs=5, batch_size=64, lr=2e-3),
+    # 2 CPU cores: Conv4-16 at 28 px, 5 epochs, cosine decay; teachers get as many
+    # steps as the student (teacher_max_steps="student"), early-stopped after a
+    # quarter of their epochs without a better validation loss
+    "quick": dict(
+        size=28,
+        module="conv4",
+        n_filters=16,
+        epochs=5,
+        batch_size=64,
+        lr=2e-3,
+        lr_schedule="cosine",
+        teacher_max_steps="student",
+        teacher_patience=0.25,
+    ),
     # for a GPU: ResNet at 64 px, 40 epochs, augmentation
-    "full": dict(size=64, module="resnet", n_filters=32, epochs=40, batch_size=64, lr=1e-3),
+    "full": dict(
+        size=64,
+        module="resnet",
+        n_filters=32,
+        epochs=40,
+        batch_size=64,
+        lr=1e-3,
+        lr_schedule="cosine",
+        teacher_max_steps="student",
+        teacher_patience=0.25,
+    ),
 }
 
 
@@ -68,11 +94,25 @@ def add_arguments(parser) -> None:
     add_common_arguments(parser, default_out="fewmed_results/rskd")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--max-folds", type=int, default=None, help="run only the first N folds")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--filters", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--delta", type=float, default=0.6)
+    parser.add_argument("--schedule", default=None, choices=["cosine", "step", "none"])
+    parser.add_argument(
+        "--teacher-steps",
+        default=None,
+        help="teachers' budget in optimiser steps: 'student' (as many as the student), "
+        "an int, or 'epochs' (the student's max_epochs, the old behaviour)",
+    )
+    parser.add_argument(
+        "--teacher-patience",
+        type=lambda v: float(v) if "." in v else int(v),
+        default=None,
+        help="epochs (int) or a share of each teacher's epochs (float in (0, 1))",
+    )
     parser.add_argument("--n-jobs", type=int, default=2, help="teachers trained at once")
     parser.add_argument("--no-multilabel", action="store_true", help="skip ChestX-ray14")
     parser.add_argument("--no-speedup", action="store_true", help="skip the n_jobs timing")
@@ -86,9 +126,18 @@ def _settings(args) -> dict:
         ("batch_size", "batch_size"),
         ("lr", "lr"),
         ("size", "size"),
+        ("teacher_patience", "teacher_patience"),
     ]:
         if getattr(args, arg, None) is not None:
             prof[key] = getattr(args, arg)
+    schedule = getattr(args, "schedule", None)
+    if schedule is not None:
+        prof["lr_schedule"] = None if schedule == "none" else schedule
+    steps = getattr(args, "teacher_steps", None)
+    if steps is not None:
+        prof["teacher_max_steps"] = (
+            None if steps == "epochs" else steps if steps == "student" else int(steps)
+        )
     return prof
 
 
@@ -101,6 +150,9 @@ def _estimator(prof: dict, seed: int, args, memory, **params):
         max_epochs=prof["epochs"],
         batch_size=prof["batch_size"],
         lr=prof["lr"],
+        lr_schedule=prof["lr_schedule"],
+        teacher_max_steps=prof["teacher_max_steps"],
+        teacher_patience=prof["teacher_patience"],
         many=MANY,
         few=FEW,
         delta=args.delta,
@@ -150,6 +202,8 @@ def _ham(args, prof, memory) -> dict:
     weights = {}
     first_split = None
     for fold, (train, test) in enumerate(cv.split(X, y, groups)):
+        if getattr(args, "max_folds", None) is not None and fold >= args.max_folds:
+            break
         first_split = first_split or (train, test)
         counts = np.bincount(y[train], minlength=len(names))
         got = {
@@ -173,6 +227,8 @@ def _ham(args, prof, memory) -> dict:
             results[method].append(scores)
             if est.kd == "relational":
                 weights.setdefault(method, []).append(est.kd_weights_history_.tolist())
+            if est.kd is not None:
+                scores["teacher_quality"] = est.teacher_quality_
             fits[method].append(dur)
             if args.verbose:
                 print(
@@ -181,6 +237,13 @@ def _ham(args, prof, memory) -> dict:
                     f"{scores['total']:.3f} ({dur:.0f} s)",
                     flush=True,
                 )
+                for name, q in scores.get("teacher_quality", {}).items():
+                    print(
+                        f"    teacher {name:9s} acc {q.get('acc', np.nan):.3f} mAP "
+                        f"{q.get('map', np.nan):.3f} (Eq. 3 AP {q['valid_ap_eq3']:.3f}), "
+                        f"kept epoch {q.get('best_epoch', '-')} of {q.get('epochs', '-')}",
+                        flush=True,
+                    )
     summary = {}
     for method, rows in results.items():
         summary[method] = {
@@ -192,6 +255,8 @@ def _ham(args, prof, memory) -> dict:
         }
         summary[method]["fit_seconds"] = float(np.sum(fits[method]))
     return {
+        "paired_vs_erm": _paired_vs_erm(results),
+        "teacher_quality": _teacher_summary(results),
         "synthetic": synthetic,
         "class_names": names.tolist(),
         "groups": expected,
@@ -203,6 +268,50 @@ def _ham(args, prof, memory) -> dict:
         "X": X,
         "y": y,
     }
+
+
+_GROUPS = ("head", "medium", "tail", "total")
+
+
+def _paired_vs_erm(results: dict) -> dict:
+    """Every method minus ERM, fold by fold (x 100 mAP): mean, 95% CI, per fold; fit-time
+    ratio."""
+    from fewmed.metrics import paired_confidence_interval
+
+    if "ERM" not in results:
+        return {}
+    base = results["ERM"]
+    out = {}
+    for method, rows in results.items():
+        if method == "ERM":
+            continue
+        out[method] = {}
+        for g in _GROUPS:
+            a = 100 * np.array([r[g] for r in rows])
+            b = 100 * np.array([r[g] for r in base])
+            ci = paired_confidence_interval(a, b)
+            half = ci.half_width if len(a) > 1 else float("nan")
+            out[method][g] = {"mean": ci.mean, "ci95": half, "per_fold": (a - b).tolist()}
+        t = sum(r["fit_seconds"] for r in rows) / sum(r["fit_seconds"] for r in base)
+        out[method]["fit_time_ratio"] = float(t)
+    return out
+
+
+def _teacher_summary(results: dict) -> dict:
+    """Per method with teachers and per subset: mean over folds of the teachers' quality."""
+    out = {}
+    for method, rows in results.items():
+        qs = [r["teacher_quality"] for r in rows if "teacher_quality" in r]
+        if not qs:
+            continue
+        out[method] = {
+            name: {
+                k: float(np.nanmean([q[name].get(k, np.nan) for q in qs]))
+                for k in ("acc", "map", "valid_ap_eq3", "best_epoch", "epochs")
+            }
+            for name in qs[0]
+        }
+    return out
 
 
 def _speedup(args, prof, X, y, seed, repeats: int = 2) -> dict:
@@ -356,7 +465,7 @@ def subsets_as_groups(subsets: dict) -> dict:
     }
 
 
-def _plot(summary: dict, path: Path) -> Path | None:
+def _plot(summary: dict, path: Path, paired: dict | None = None) -> Path | None:
     try:
         import matplotlib
 
@@ -366,7 +475,7 @@ def _plot(summary: dict, path: Path) -> Path | None:
         return None
     methods = list(summary)
     cols = ["head", "medium", "tail", "total"]
-    fig, ax = plt.subplots(figsize=(11, 4.2))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(18, 4.2))
     width = 0.8 / len(methods)
     for i, m in enumerate(methods):
         means = [100 * summary[m][c]["mean"] for c in cols]
@@ -375,8 +484,20 @@ def _plot(summary: dict, path: Path) -> Path | None:
     ax.set_xticks(np.arange(4) + 0.4 - width / 2)
     ax.set_xticklabels(cols)
     ax.set_ylabel("mAP (%)")
-    ax.set_title("HAM10000 long-tailed, 4-fold lesion-grouped CV")
+    ax.set_title("HAM10000 long-tailed, lesion-grouped CV (mean ± std over the folds run)")
     ax.legend(ncol=3, fontsize=8)
+    paired = paired or {}
+    width2 = 0.8 / max(1, len(paired))
+    for i, (m, d) in enumerate(paired.items()):
+        means = [d[c]["mean"] for c in cols]
+        cis = [d[c]["ci95"] for c in cols]
+        ax2.bar(np.arange(4) + i * width2, means, width2, yerr=cis, label=m, capsize=2)
+    ax2.axhline(0, color="k", lw=0.8)
+    ax2.set_xticks(np.arange(4) + 0.4 - width2 / 2)
+    ax2.set_xticklabels(cols)
+    ax2.set_ylabel("mAP minus ERM's (points, 95% CI over folds)")
+    ax2.set_title("paired differences to ERM")
+    ax2.legend(ncol=3, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -407,13 +528,45 @@ def run(args) -> dict:
         + [f"{s['fit_seconds']:.0f}"]
         for m, s in ham["summary"].items()
     ]
-    header = ["method", "head", "medium", "tail", "total", f"fit s ({args.folds} folds)"]
+    n_run = len(next(iter(ham["folds"].values())))
+    header = ["method", "head", "medium", "tail", "total", f"fit s ({n_run} folds)"]
     print(
         "\nHAM10000"
         + (" (SYNTHETIC)" if ham["synthetic"] else "")
-        + f", mAP (%) mean ± std over {args.folds} lesion-grouped folds"
+        + f", mAP (%) mean ± std over {n_run} of {args.folds} lesion-grouped folds"
     )
     print(format_table(rows, header))
+    paired = ham["paired_vs_erm"]
+    if paired:
+        print(
+            f"\nminus ERM, fold by fold (same {n_run} folds): mAP (%) mean ± 95% CI "
+            "half-width; fit time / ERM's"
+        )
+        print(
+            format_table(
+                [
+                    [m]
+                    + [f"{d[g]['mean']:+.2f} ± {d[g]['ci95']:.2f}" for g in _GROUPS]
+                    + [f"{d['fit_time_ratio']:.2f}x"]
+                    for m, d in paired.items()
+                ],
+                ["method", *_GROUPS, "fit time"],
+            )
+        )
+    if ham["teacher_quality"]:
+        print("\nTeachers (mean over folds): own validation accuracy / mAP, Eq. 3 AP, epochs")
+        print(
+            format_table(
+                [
+                    [m, name]
+                    + [f"{q[k]:.3f}" for k in ("acc", "map", "valid_ap_eq3")]
+                    + [f"{q['best_epoch']:.1f} / {q['epochs']:.1f}"]
+                    for m, tq in ham["teacher_quality"].items()
+                    for name, q in tq.items()
+                ],
+                ["method", "subset", "acc", "mAP", "Eq. 3 AP", "kept / trained epochs"],
+            )
+        )
     if speed:
         print("\nTeachers, n_jobs=2 vs n_jobs=1")
         print(
@@ -463,7 +616,7 @@ def run(args) -> dict:
         "environment": environment(),
     }
     write_json(out / "rskd.json", payload)
-    _plot(ham["summary"], out / "rskd.png")
+    _plot(ham["summary"], out / "rskd.png", ham["paired_vs_erm"])
     print(
         f"\nwrote {out / 'rskd.json'} and {out / 'rskd.png'} "
         f"({payload['wall_seconds'] / 60:.1f} min)"

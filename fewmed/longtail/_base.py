@@ -8,7 +8,9 @@
 :class:`~fewmed.longtail.RelationalSubsetsDistiller` share, each written once:
 
 * the parameters both take beyond skorch's (``n_filters``, ``loss``, ``gamma``,
-  ``class_weight``), declared in :meth:`LongTailClassifier.__init__`;
+  ``class_weight``, ``lr_schedule``), declared in :meth:`LongTailClassifier.__init__`;
+* the learning-rate schedule (:class:`EpochFractionSchedule`: cosine, or the
+  step decay of CDC's paper), a default callback when ``lr_schedule`` is set;
 * their parameter constraints (``_parameter_constraints``) and what the networks are built for
   (``_signature``: shapes, classes and whether the target is multi-label);
 * the backbone (``_build_modules``: ``module_`` from
@@ -28,22 +30,82 @@ and ``set_params`` see every parameter; the members' ``__init__`` signatures
 from __future__ import annotations
 
 import inspect
+import math
 from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 from sklearn.utils._param_validation import Interval, StrOptions
+from skorch.callbacks import Callback
 
 from fewmed._skorch import ImageNetClassifier
 from fewmed.losses import class_weights, make_classification_loss
 from fewmed.nn import build_backbone
 
-__all__ = ["LongTailClassifier"]
+__all__ = ["EpochFractionSchedule", "LongTailClassifier"]
 
 _LOSSES = ("ce", "focal")
 _WEIGHT_OPTIONS = ("balanced", "inverse", "sqrt_inverse")
 #: a class-weight option: a name, a dict, an array or None
 CLASS_WEIGHT_CONSTRAINT: list = [StrOptions(set(_WEIGHT_OPTIONS)), dict, "array-like", None]
+_SCHEDULES = (None, "cosine", "step")
+
+
+class EpochFractionSchedule(Callback):
+    """Learning rate ``net.lr * factor(progress)``, set before every training batch.
+
+    ``progress`` in ``[0, 1)`` is the fraction of this ``fit``'s planned training
+    (``max_epochs`` epochs of the epoch's batches) done before the batch, so the
+    schedule spans exactly the fit's budget whatever the data size.
+
+    * ``"cosine"``: ``factor = (1 + cos(pi * progress)) / 2`` (from 1 to ~0);
+    * ``"step"``: ``factor = 0.1`` from half of ``max_epochs`` on, 1 before (CDC's
+      paper: SGD, the rate divided by 10 at epoch 100 of 200).
+
+    The rate of every batch is recorded in the history as ``lr``.
+
+    Parameters
+    ----------
+    kind : {"cosine", "step"}
+
+    Examples
+    --------
+    >>> sched = EpochFractionSchedule("step")
+    >>> sched.factor(0.25), sched.factor(0.5)
+    (1.0, 0.1)
+    """
+
+    def __init__(self, kind: str = "cosine") -> None:
+        self.kind = kind
+
+    def factor(self, progress: float) -> float:
+        if self.kind == "step":
+            return 1.0 if progress < 0.5 else 0.1
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        self.epoch_, self.batch_, self.n_batches_ = -1, 0, 1
+
+    def on_epoch_begin(self, net, dataset_train=None, **kwargs):
+        self.epoch_ += 1
+        self.batch_ = 0
+        n = len(dataset_train) if dataset_train is not None else 1
+        bs = int(net.batch_size) if net.batch_size and net.batch_size > 0 else n
+        self.n_batches_ = max(1, -(-n // max(1, bs)))
+
+    def on_batch_begin(self, net, batch=None, training=False, **kwargs):
+        if not training:
+            return
+        epochs = max(1, int(net.max_epochs))
+        if self.kind == "step":
+            progress = self.epoch_ / epochs
+        else:
+            progress = (self.epoch_ + self.batch_ / self.n_batches_) / epochs
+        lr = float(net.lr) * self.factor(progress)
+        for group in net.optimizer_.param_groups:
+            group["lr"] = lr
+        net.history.record_batch("lr", lr)
+        self.batch_ += 1
 
 
 def _keyword_params(klass: type) -> list[inspect.Parameter]:
@@ -96,6 +158,12 @@ class LongTailClassifier(ImageNetClassifier):
 default=None
         Per-class weights of the base loss, from the training class counts;
         see :func:`fewmed.losses.class_weights`.
+    lr_schedule : {"cosine", "step"} or None, default=None
+        Learning-rate schedule over the fit's ``max_epochs``
+        (:class:`EpochFractionSchedule`): ``"cosine"`` decays per batch to 0,
+        ``"step"`` divides the rate by 10 at half of ``max_epochs`` (CDC's paper,
+        with ``optimizer=torch.optim.SGD, optimizer__momentum=0.9``); ``None``
+        keeps ``lr``.
     **kwargs
         The parameters of :class:`fewmed._skorch.ImageNetClassifier` (``optimizer``,
         ``lr``, ``max_epochs``, ``batch_size``, ``train_split``,
@@ -111,6 +179,7 @@ default=None
         loss: str = "ce",
         gamma: float = 2.0,
         class_weight: Any = None,
+        lr_schedule: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(module, **kwargs)
@@ -118,6 +187,7 @@ default=None
         self.loss = loss
         self.gamma = gamma
         self.class_weight = class_weight
+        self.lr_schedule = lr_schedule
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -138,7 +208,14 @@ default=None
         "loss": [StrOptions(set(_LOSSES))],
         "gamma": [Interval(Real, 0, None, closed="left")],
         "class_weight": CLASS_WEIGHT_CONSTRAINT,
+        "lr_schedule": [StrOptions({"cosine", "step"}), None],
     }
+    @property
+    def _default_callbacks(self):
+        cbs = list(super()._default_callbacks)
+        if self.lr_schedule is not None:  # before print_log
+            cbs.insert(len(cbs) - 1, ("lr_schedule", EpochFractionSchedule(self.lr_schedule)))
+        return cbs
 
     # ------------------------------------------------------------------ building
     @staticmethod

@@ -30,13 +30,31 @@ from fewmed.longtail._base import CLASS_WEIGHT_CONSTRAINT, LongTailClassifier
 from fewmed.losses import ReconstructionLoss
 from fewmed.nn import make_decoder
 
-__all__ = ["CDCClassifier"]
+__all__ = ["CDCClassifier", "psnr"]
 
-_TERMS = ("train_loss_cls", "train_loss_rec", "train_loss_twin")
+_TERMS = ("train_loss_cls", "train_loss_rec", "train_psnr", "train_loss_twin")
 
 #: Keep the networks and batches in channels-last memory layout on the CPU: oneDNN's
 #: convolutions, pooling and upsampling are ~1.5-2x faster on it for small images.
 _CHANNELS_LAST_ON_CPU = True
+
+
+def psnr(recon: torch.Tensor, target: torch.Tensor, unit_range: bool = True) -> float:
+    """Peak signal-to-noise ratio (dB) of a reconstruction: ``10 log10(peak**2 / MSE)``.
+
+    ``peak`` is 1 for images in ``[0, 1]``, else the target's range. A constant
+    reconstruction of an image of pixel variance ``v`` (in ``[0, 1]``) scores at
+    best ``-10 log10(v)``: about 12 dB for ``v = 0.06``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> round(psnr(torch.full((1, 1, 2, 2), 0.1), torch.zeros(1, 1, 2, 2)), 6)
+    20.0
+    """
+    mse = float(torch.mean((recon.float() - target.float()) ** 2))
+    peak = 1.0 if unit_range else float(target.max() - target.min()) or 1.0
+    return float("inf") if mse == 0 else 10.0 * float(np.log10(peak**2 / mse))
 
 
 @contextmanager
@@ -112,6 +130,17 @@ None, default="balanced"
         reconstruction is upsampled (bilinear, no parameters) to full size at the
         end. ``0.5`` removes the full-resolution convolutions, most of the
         decoder's cost.
+    decoder_kind : {"upsample", "deconv"}, default="upsample"
+        The decoder's blocks: bilinear upsampling + 3x3 convolution, or the
+        paper's transposed convolution (:class:`fewmed.nn.Decoder`); both
+        Kaiming-initialised. The decoder reads the backbone's feature map
+        (``forward_features``): give it a spatial one (e.g. ``module="resnet"``,
+        4x4 at 28 px, or ``module="conv4", module__n_pools=2``, 7x7), a 1x1 map
+        (Conv4 at 28 px) leaves it nothing to reconstruct from.
+    lr_schedule : {"cosine", "step"} or None, default=None
+        ``"step"`` with ``optimizer=torch.optim.SGD, optimizer__momentum=0.9,
+        lr=1e-3`` is the paper's schedule (the rate divided by 10 at half of
+        ``max_epochs``: epoch 100 of 200).
     augment : bool, dict or Augment, default=False
         Random scaling, rotation and flips of training batches
         (:class:`fewmed.nn.Augment`); the reconstruction target is the augmented
@@ -155,7 +184,10 @@ None, default="balanced"
         ``C * H * W``.
     history_ : skorch.History
         Per epoch: ``train_loss`` (``L``), ``train_loss_cls`` (``Lc``),
-        ``train_loss_rec`` (``Lr``), ``train_loss_twin`` (``Lt``), ``dur``.
+        ``train_loss_rec`` (``Lr``), ``train_psnr`` (the reconstruction's PSNR in
+        dB, the mean over the epoch's batches, see :func:`psnr`),
+        ``train_loss_twin`` (``Lt``), ``dur``; per batch ``lr`` with an
+        ``lr_schedule``.
 
     Notes
     -----
@@ -192,6 +224,7 @@ None, default="balanced"
         decoder_blocks: int = 2,
         decoder_filters: int | None = None,
         decoder_scale: float = 1.0,
+        decoder_kind: str = "upsample",
         **kwargs: Any,
     ) -> None:
         super().__init__(module, **kwargs)
@@ -204,6 +237,7 @@ None, default="balanced"
         self.decoder_blocks = decoder_blocks
         self.decoder_filters = decoder_filters
         self.decoder_scale = decoder_scale
+        self.decoder_kind = decoder_kind
 
     # ------------------------------------------------------------------ params
     _parameter_constraints: dict = {
@@ -217,12 +251,13 @@ None, default="balanced"
         "decoder_blocks": [Interval(Integral, 1, None, closed="left")],
         "decoder_filters": [Interval(Integral, 1, None, closed="left"), None],
         "decoder_scale": [Interval(Real, 0, 1, closed="right")],
+        "decoder_kind": [StrOptions({"upsample", "deconv"})],
     }
 
     def _loss_terms(self) -> tuple[str, ...]:
         if not isinstance(self.decoder, bool | np.bool_) or not self.decoder:
             return _TERMS[:1]
-        return _TERMS if self.twin is not False else _TERMS[:2]
+        return _TERMS if self.twin is not False else _TERMS[:3]
 
     # ------------------------------------------------------------------ building
     def _build_modules(self, info: dict) -> None:
@@ -234,6 +269,7 @@ None, default="balanced"
                 n_blocks=self.decoder_blocks,
                 n_filters=self.decoder_filters,
                 scale=self.decoder_scale,
+                kind=self.decoder_kind,
                 output="sigmoid" if info["in_unit_range"] else None,
             )
         elif "decoder_" in self.__dict__:
@@ -307,7 +343,11 @@ None, default="balanced"
         target = to_tensor(X, device=self.device)
         loss_r = self.reconstruction_criterion_(recon, target, y_true)
         total = loss_c + self.alpha * loss_r
-        terms = {"train_loss_cls": loss_c.item(), "train_loss_rec": loss_r.item()}
+        terms = {
+            "train_loss_cls": loss_c.item(),
+            "train_loss_rec": loss_r.item(),
+            "train_psnr": psnr(recon.detach(), target, self.data_info_["in_unit_range"]),
+        }
         if twin_logits is not None:
             loss_t = self.criterion_(twin_logits, y_true)
             total = total + self.beta * loss_t

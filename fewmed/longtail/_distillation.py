@@ -93,13 +93,23 @@ def relational_kd_loss(
       class, ``KD_i = T**2 * mean_n KL((q_ni, 1 - q_ni) || (q^_ni, 1 - q^_ni))`` with
       ``q = sigmoid(z / T)`` of the teacher of class ``i``'s subset and ``q^`` of the
       student, over every sample. ``teacher_log_probs`` is ``(n, K, 2)``:
-      ``log q`` and ``log(1 - q)`` (see :func:`binary_log_probs`).
+      ``log q`` and ``log(1 - q)`` (see :func:`binary_log_probs`). The loss is
+      ``(1 / K) sum_i w_i KD_i``: a mean over the ``n * K`` (sample, label)
+      elements, like the student's BCE (``BCEWithLogitsLoss``' mean), so that
+      each element's KD term weighs against its BCE term as in the paper's
+      Eq. 4, ``L = sum_i (L_BCE,i + w_i KD_i)`` with both terms summed over the
+      labels; summing ``K`` KD means against one BCE mean would weigh KD ``K``
+      times more per element.
     * Multi-class: binary terms of different teachers would ask one softmax for
       inconsistent marginals, so ``KD_i`` distils the samples *of class i*: the KL
       between the teacher's softmax over its subset's classes (+ its "other"
-      output) and the student's softmax grouped the same way (the student's
-      "other" is the total probability of the classes outside the subset), as in
-      LFME (Xiang et al., 2020, the paper's ref. [13]):
+      output) and the student's softmax grouped the same way, as in LFME (Xiang
+      et al., 2020, the paper's ref. [13]). The student's "other" logit is
+      ``logsumexp(z_outside) / T``: the outside classes are grouped at ``T = 1``
+      (their total probability) and then tempered like the teacher's one "other"
+      logit, so at every ``T`` the minimiser gives the student the teacher's
+      ``T = 1`` "other" probability (grouping *tempered* probabilities instead
+      would drive it to 0 as ``T`` grows):
       ``KD_i = T**2 / n * sum_{n: y_n = i} KL_n``, so ``sum_i KD_i`` is a batch mean.
       ``teacher_log_probs`` is ``(n, K + 1)``: per sample, the teacher's log-probs
       at ``T`` of the subset's classes (columns of those classes), of "other"
@@ -119,7 +129,7 @@ def relational_kd_loss(
     Returns
     -------
     loss : Tensor
-        The scalar ``sum_i w_i KD_i``.
+        The scalar ``sum_i w_i KD_i`` (multi-label: divided by ``K``).
     per_class : Tensor of shape (K,)
         The unweighted ``KD_i`` (detached).
 
@@ -134,20 +144,24 @@ def relational_kd_loss(
     w = weights.to(device=student_logits.device, dtype=student_logits.dtype)
     T2 = temperature**2
     if multilabel:
+        k_labels = student_logits.shape[1]
         s_log_p, s_log_not = binary_log_probs(student_logits, temperature, True)
         t_log_p, t_log_not = teacher_log_probs[..., 0], teacher_log_probs[..., 1]
         kl = _xlogx_diff(t_log_p, s_log_p) + _xlogx_diff(t_log_not, s_log_not)
         per_class = kl.mean(dim=0) * T2
         active = w != 0
-        return (w[active] * per_class[active]).sum(), per_class.detach()
+        # a per-element mean, as BCE's: (1 / K) sum_i w_i KD_i (see the docstring)
+        return (w[active] * per_class[active]).sum() / k_labels, per_class.detach()
     if y is None:
         raise ValueError("relational_kd_loss needs the class codes y for a multi-class student.")
     n, k = student_logits.shape
     t_lp = teacher_log_probs.to(student_logits.dtype)
     in_subset = torch.isfinite(t_lp[:, :k])
     z = student_logits / temperature
-    outside = torch.where(in_subset, torch.full_like(z, -torch.inf), z)
-    other = torch.logsumexp(outside, dim=1, keepdim=True)
+    # the student's "other" groups the outside classes at T = 1 and is then tempered,
+    # as the teacher's "other" is one logit divided by T: log sum_j exp(z_j) / T
+    outside = torch.where(in_subset, torch.full_like(z, -torch.inf), student_logits)
+    other = torch.logsumexp(outside, dim=1, keepdim=True) / temperature
     has_other = torch.isfinite(t_lp[:, k:])
     z_ext = torch.cat(
         [
@@ -277,7 +291,8 @@ class EpochWeights(Callback):
     hold-out (``student_scores_history_``) and, for ``kd="relational"``, sets
     ``kd_weights_`` by :func:`relational_weights` (0 for classes
     without a teacher); both go to the history (``kd_weights``,
-    ``valid_class_scores``).
+    ``valid_class_scores``), and the teachers' quality (``teacher_quality_``)
+    to the fit's first epoch (``teacher_quality``).
     """
 
     def on_epoch_end(self, net, **kwargs):
@@ -297,5 +312,8 @@ class EpochWeights(Callback):
             new = relational_weights(net.teacher_scores_, scores, net.delta)
             new[~state["has_teacher"]] = 0.0
             net.kd_weights_ = new
+        if not state.get("quality_recorded", True):  # the teachers, once per fit
+            net.history.record("teacher_quality", getattr(net, "teacher_quality_", {}))
+            state["quality_recorded"] = True
         net.history.record("kd_weights", used.tolist())
         net.history.record("valid_class_scores", scores.tolist())

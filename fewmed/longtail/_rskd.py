@@ -115,11 +115,33 @@ class RelationalSubsetsDistiller(LongTailClassifier):
     weight_metric : {"ap", "accuracy"}, default="ap"
         Per-class performance used in Eq. 3 (the paper's metric is mAP).
     validation_fraction : float, default=0.1
-        Share of the data held out (stratified) for Eq. 3 when ``kd`` is set.
+        Share of the data held out for Eq. 3 and the teachers' early stopping
+        when ``kd`` is set: per class, ``validation_fraction`` of the classes at
+        or above the median class size, less for smaller ones
+        (``validation_fraction * sqrt(n_c / n_median)``, at least one image), so
+        the tail keeps its training images
+        (:func:`fewmed.longtail._targets.validation_split`).
     teacher : dict or None, default=None
         Parameters of the teachers that differ from the student's (e.g.
-        ``{"max_epochs": 10, "n_filters": 32}``); teachers always use ``kd=None``,
-        plain CE / BCE, no class weights and no sampler unless given here.
+        ``{"max_epochs": 10, "n_filters": 32}``; a ``max_epochs`` here overrides
+        ``teacher_max_steps``); teachers always use ``kd=None``, plain CE / BCE,
+        no class weights and no sampler unless given here. They inherit the
+        student's ``lr_schedule`` over their own budget.
+    teacher_max_steps : "student", int or None, default="student"
+        Each teacher's budget in optimiser steps, turned into epochs of its own
+        training set (:func:`fewmed.longtail._teachers.teacher_epochs`):
+        ``"student"`` gives every teacher as many steps as the student's fit
+        (``max_epochs`` epochs of the student's data), so a teacher of a small
+        subset sees as many updates as the student instead of a few dozen;
+        ``None`` gives the teachers the student's ``max_epochs``.
+    teacher_patience : int, float or None, default=0.25
+        Early stopping of each teacher on its share of the validation hold-out
+        (its subset's samples + an "other" share): training stops after this
+        many epochs (a float in ``(0, 1)``: this share of the teacher's epochs)
+        without a lower validation loss and the best epoch's weights are kept;
+        ``None``: no early stopping (the best epoch is still kept). A share
+        suits teachers of very different sizes: a small one runs many short
+        epochs and needs several before its evaluation-mode outputs settle.
     n_jobs : int or None, default=None
         Workers for the teachers on the active joblib backend (loky processes
         unless :func:`joblib.parallel_config` chooses dask, ray, ...); ``-1`` for all. Teachers
@@ -143,6 +165,9 @@ default=None
         Training augmentation (the teachers then see the same augmented batches).
     optimizer : torch optimizer class, default=torch.optim.Adam
     lr : float, default=1e-3
+    lr_schedule : {"cosine", "step"} or None, default=None
+        Learning-rate schedule of the student (and of the teachers, over their
+        own budget); see :class:`fewmed.longtail._base.LongTailClassifier`.
     max_epochs : int, default=20
     batch_size : int, default=64
     train_split : None, default=None
@@ -170,6 +195,12 @@ default=None
         Subset name -> fitted teacher (empty when ``kd=None``).
     teacher_scores_ : ndarray of shape (n_classes,)
         Each class's teacher performance on the validation split (NaN without one).
+    teacher_quality_ : dict of str to dict
+        Per subset: ``valid_ap_eq3`` (mean of ``teacher_scores_`` over its
+        classes) and, from the teacher's own validation (its share of the
+        hold-out, at the kept epoch), ``loss``, ``acc``, ``map``, ``best_epoch``
+        and ``epochs`` trained. Also in the history's first epoch
+        (``teacher_quality``).
     kd_weights_ : ndarray of shape (n_classes,)
         The latest weights (for the next epoch).
     kd_weights_history_ : ndarray of shape (n_epochs, n_classes)
@@ -180,7 +211,8 @@ default=None
         The student network.
     history_ : skorch.History
         Per epoch ``train_loss``, ``train_loss_base``, ``train_loss_kd``,
-        ``kd_weights`` and ``valid_class_scores``.
+        ``kd_weights`` and ``valid_class_scores``; ``teacher_quality`` in the
+        first epoch; per batch ``lr`` with an ``lr_schedule``.
 
     Examples
     --------
@@ -211,6 +243,8 @@ default=None
         weight_metric: str = "ap",
         validation_fraction: float = 0.1,
         teacher: dict | None = None,
+        teacher_max_steps: int | str | None = "student",
+        teacher_patience: float | None = 0.25,
         n_jobs: int | None = None,
         memory: Any = None,
         sampler: str | None = None,
@@ -228,6 +262,8 @@ default=None
         self.weight_metric = weight_metric
         self.validation_fraction = validation_fraction
         self.teacher = teacher
+        self.teacher_max_steps = teacher_max_steps
+        self.teacher_patience = teacher_patience
         self.n_jobs = n_jobs
         self.memory = memory
         self.sampler = sampler
@@ -245,6 +281,16 @@ default=None
         "weight_metric": [StrOptions({"ap", "accuracy"})],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "teacher": [dict, None],
+        "teacher_max_steps": [
+            StrOptions({"student"}),
+            Interval(Integral, 1, None, closed="left"),
+            None,
+        ],
+        "teacher_patience": [
+            Interval(Integral, 1, None, closed="left"),
+            Interval(Real, 0, 1, closed="neither"),
+            None,
+        ],
         "n_jobs": [Integral, None],
         "memory": [str, HasMethods(["cache"]), None],
         "sampler": [StrOptions({"balanced"}), None],
@@ -325,7 +371,9 @@ default=None
                 targets, self.validation_fraction, seeds["split"], self.multilabel_
             )
             if self.teachers_pending_ or set(getattr(self, "teachers_", {})) != set(self.subsets_):
-                self.teachers_ = self._fit_teachers(Xc[train], targets[train], seeds["teachers"])
+                self.teachers_ = self._fit_teachers(
+                    Xc[train], targets[train], seeds["teachers"], valid=(Xc[valid], targets[valid])
+                )
             self._prepare_distillation(Xc[train], targets[train], Xc[valid], targets[valid])
         self.teachers_pending_ = False
         self._train_targets_ = torch.as_tensor(targets[train])
@@ -338,12 +386,16 @@ default=None
         return {"split": int(draws[3]), "teachers": int(draws[4])}
 
     # ------------------------------------------------------------------ teachers
-    def _teacher_jobs(self, X: np.ndarray, targets: np.ndarray, seed: int) -> list:
+    def _teacher_jobs(
+        self, X: np.ndarray, targets: np.ndarray, seed: int, valid: tuple | None = None
+    ) -> list:
         """``(name, params, X, y, columns)`` per teacher (:func:`teacher_jobs`)."""
-        return teacher_jobs(self, X, targets, seed)
+        return teacher_jobs(self, X, targets, seed, valid)
 
-    def _fit_teachers(self, X: np.ndarray, targets: np.ndarray, seed: int) -> dict:
-        jobs = self._teacher_jobs(X, targets, seed)
+    def _fit_teachers(
+        self, X: np.ndarray, targets: np.ndarray, seed: int, valid: tuple | None = None
+    ) -> dict:
+        jobs = self._teacher_jobs(X, targets, seed, valid)
         return fit_teachers(jobs, n_jobs=self.n_jobs, memory=self.memory)
 
     def _teacher_log_probs(self, X: Any, temperature: float, y: Any = None) -> torch.Tensor:
@@ -365,6 +417,15 @@ default=None
             self.teachers_, self.subsets_, X_valid, truth, self.weight_metric, self.device
         )
         self.kd_weights_ = has_teacher.astype(np.float64)
+        self.teacher_quality_ = {
+            name: {
+                "valid_ap_eq3": float(np.nanmean(self.teacher_scores_[members]))
+                if np.isfinite(self.teacher_scores_[members]).any()
+                else float("nan"),
+                **getattr(self.teachers_[name], "validation_", {}),
+            }
+            for name, members in self.subsets_.items()
+        }
         precomputed = None
         if not self.augment:
             precomputed = self._teacher_log_probs(X_train, float(self.temperature), y_train)
@@ -372,6 +433,7 @@ default=None
             "has_teacher": has_teacher,
             "valid": (X_valid, truth),
             "teacher_lp": precomputed,
+            "quality_recorded": False,
         }
 
     # ------------------------------------------------------------------ sampling

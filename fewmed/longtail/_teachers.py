@@ -32,6 +32,11 @@ from skorch.utils import to_tensor
 
 from fewmed._parallel import parallel
 from fewmed.longtail._distillation import binary_log_probs, per_class_scores
+from fewmed.longtail._teacher_training import (
+    TeacherValidation,
+    patience_epochs,
+    teacher_epochs,
+)
 
 #: The family's parameters (``LongTailClassifier._family_param_names``) that a teacher
 #: does not take from its student: it learns with plain CE / BCE (no class weights),
@@ -43,10 +48,12 @@ _STUDENT_ONLY = frozenset(
 
 __all__ = [
     "TeacherData",
+    "TeacherValidation",
     "ThreadSchedule",
     "fit_teachers",
     "teacher_class_probs",
     "teacher_datasets",
+    "teacher_epochs",
     "teacher_log_probs",
     "teacher_jobs",
     "teacher_logits",
@@ -73,6 +80,10 @@ class TeacherData(NamedTuple):
     """Whether the teacher is a multi-label (sigmoid) network."""
     seed: int
     """The teacher's ``random_state``."""
+    valid_rows: np.ndarray | None = None
+    """Indices of the teacher's validation samples into ``valid_targets`` (or ``None``)."""
+    valid_y: np.ndarray | None = None
+    """Their targets, as ``y`` (``None`` when the hold-out cannot validate this teacher)."""
 
 
 def teacher_datasets(
@@ -82,6 +93,7 @@ def teacher_datasets(
     multilabel: bool,
     n_classes: int,
     seed: int,
+    valid_targets: np.ndarray | None = None,
 ) -> Iterator[TeacherData]:
     """Each subset's teacher training set, in the order of ``subsets``.
 
@@ -90,7 +102,10 @@ def teacher_datasets(
     (seeded) up to the size of the subset's largest class. Multi-class teachers
     learn the subset's classes + one "other" class (last); multi-label teachers
     the subset's labels, and a one-label subset gives a binary softmax teacher.
-    ``seed`` seeds the draws and each teacher's ``random_state``.
+    ``seed`` seeds the draws and each teacher's ``random_state``. With
+    ``valid_targets`` (the hold-out of Eq. 3), each teacher also gets validation
+    rows drawn the same way (its subset's samples + an "other" share), for its
+    early stopping and its reported quality.
 
     Parameters
     ----------
@@ -101,6 +116,8 @@ def teacher_datasets(
     multilabel : bool
     n_classes : int
     seed : int
+    valid_targets : ndarray or None, default=None
+        Targets of the validation hold-out, as ``targets``.
 
     Yields
     ------
@@ -120,59 +137,91 @@ def teacher_datasets(
     [('head', 2, [6, 5]), ('tail', 3, [3, 2, 3])]
     """
     rng = np.random.RandomState(seed)
+    valid_rng = np.random.default_rng([seed, 1])  # the training draws stay as they were
     for name, members in subsets.items():
-        if multilabel:
-            inside = targets[:, members].any(axis=1)
-            largest = int(targets[:, members].sum(axis=0).max())
-        else:
-            inside = np.isin(targets, members)
-            largest = int(np.bincount(targets[inside]).max()) if inside.any() else 0
-        idx_in, idx_out = np.flatnonzero(inside), np.flatnonzero(~inside)
-        if len(idx_out) > largest:
-            idx_out = np.sort(rng.choice(idx_out, size=largest, replace=False))
-        rows = np.concatenate([idx_in, idx_out])
-        if multilabel and len(members) > 1:
-            yt, ml = targets[rows][:, members].astype(np.int64), True
-            n_out, columns = len(members), None
-        elif multilabel:  # a one-label subset: a binary softmax teacher
-            yt, ml = targets[rows][:, members[0]].astype(np.int64), False
-            n_out, columns = 2, np.array([1])
-        else:
-            position = np.full(n_classes, len(members))
-            position[members] = np.arange(len(members))
-            yt, ml = position[targets[rows]], False
-            n_out, columns = len(members) + int(len(idx_out) > 0), np.arange(len(members))
+        rows, idx_out = _subset_rows(members, targets, multilabel, rng)
+        yt, ml, n_out, columns = _subset_targets(targets[rows], members, multilabel, n_classes)
+        if not multilabel and len(idx_out) == 0:  # nothing outside: no "other" output
+            n_out = len(members)
         if len(np.unique(yt)) < 2 and not ml:
             raise ValueError(
                 f"subsets: the teacher of subset {name!r} has a single class to learn; give "
                 "subsets with several classes or leave classes outside them."
             )
-        yield TeacherData(name, rows, yt, n_out, columns, ml, int(rng.randint(0, 2**31 - 1)))
+        valid_rows = valid_y = None
+        if valid_targets is not None and len(valid_targets):
+            vrows, vout = _subset_rows(members, valid_targets, multilabel, valid_rng)
+            if not multilabel and n_out == len(members):  # no "other" output: inside only
+                vrows = np.setdiff1d(vrows, vout)
+            vy = _subset_targets(valid_targets[vrows], members, multilabel, n_classes)[0]
+            if len(vrows) and (ml or len(np.unique(vy)) >= 2):
+                valid_rows, valid_y = vrows, vy
+        seed_t = int(rng.randint(0, 2**31 - 1))
+        yield TeacherData(name, rows, yt, n_out, columns, ml, seed_t, valid_rows, valid_y)
 
 
-def teacher_params(student: Any, seed: int, n_outputs: int) -> dict:
+def _subset_rows(members, targets, multilabel, rng) -> tuple[np.ndarray, np.ndarray]:
+    """A subset's rows (its samples + the drawn "other" share) and the "other" ones."""
+    if multilabel:
+        inside = targets[:, members].any(axis=1)
+        largest = int(targets[:, members].sum(axis=0).max())
+    else:
+        inside = np.isin(targets, members)
+        largest = int(np.bincount(targets[inside]).max()) if inside.any() else 0
+    idx_in, idx_out = np.flatnonzero(inside), np.flatnonzero(~inside)
+    if len(idx_out) > largest:
+        idx_out = np.sort(rng.choice(idx_out, size=largest, replace=False))
+    return np.concatenate([idx_in, idx_out]), idx_out
+
+
+def _subset_targets(targets, members, multilabel, n_classes):
+    """``(y, multilabel, n_outputs, columns)`` of a teacher of ``members`` for these rows."""
+    if multilabel and len(members) > 1:
+        return targets[:, members].astype(np.int64), True, len(members), None
+    if multilabel:  # a one-label subset: a binary softmax teacher
+        return targets[:, members[0]].astype(np.int64), False, 2, np.array([1])
+    position = np.full(n_classes, len(members))
+    position[members] = np.arange(len(members))
+    return position[targets], False, len(members) + 1, np.arange(len(members))
+
+
+def teacher_params(student: Any, seed: int, n_outputs: int, max_epochs: int | None = None) -> dict:
     """A teacher's parameters: its student's, but for a seed and outputs of its own.
 
     The student's family parameters (those ``LongTailClassifier`` and
     ``ImageNetClassifier`` declare) but ``loss``, ``gamma``, ``class_weight``,
     ``train_split``, ``predict_nonlinearity``, ``random_state`` and ``verbose``,
-    with its ``module__*`` parameters; then the student's ``teacher`` dict; then
+    with its ``module__*`` parameters; ``max_epochs`` when given (the teacher's
+    budget, :func:`teacher_epochs`); then the student's ``teacher`` dict; then
     ``kd=None``, ``random_state=seed``, ``verbose=0`` and ``classes=range(n_outputs)``.
     """
     names = [n for n in student._family_param_names() if n not in _STUDENT_ONLY]
     params = {name: getattr(student, name) for name in names}
     params.update({f"module__{k}": v for k, v in student.get_params_for("module").items()})
+    if max_epochs is not None:
+        params["max_epochs"] = int(max_epochs)
     params.update(student.teacher or {})
     params.update(kd=None, random_state=seed, verbose=0, classes=list(range(n_outputs)))
     return params
 
 
-def teacher_jobs(student: Any, X: np.ndarray, targets: np.ndarray, seed: int) -> list[tuple]:
+def teacher_jobs(
+    student: Any,
+    X: np.ndarray,
+    targets: np.ndarray,
+    seed: int,
+    valid: tuple[np.ndarray, np.ndarray] | None = None,
+) -> list[tuple]:
     """``(name, params, X, y, columns)`` per teacher of a fitting ``student``.
 
     The student has its ``subsets_``, ``classes_`` and ``multilabel_``; each job is a
     :func:`teacher_datasets` entry with the teacher's :func:`teacher_params`
-    (multi-label teachers without ``classes``), ready for :func:`fit_teachers`.
+    (multi-label teachers without ``classes``), its budget (:func:`teacher_epochs`)
+    and, given ``valid`` (the hold-out's images and targets), a
+    :class:`TeacherValidation` callback on its share of the hold-out (early
+    stopping after ``teacher_patience`` epochs, or that share of its epochs,
+    without a better validation loss, :func:`patience_epochs`), ready for
+    :func:`fit_teachers`.
     """
     jobs = []
     datasets = teacher_datasets(
@@ -181,11 +230,23 @@ def teacher_jobs(student: Any, X: np.ndarray, targets: np.ndarray, seed: int) ->
         multilabel=student.multilabel_,
         n_classes=len(student.classes_),
         seed=seed,
+        valid_targets=None if valid is None else valid[1],
     )
     for data in datasets:
-        params = teacher_params(student, data.seed, data.n_outputs)
+        epochs = teacher_epochs(student, len(X), len(data.rows))
+        params = teacher_params(student, data.seed, data.n_outputs, max_epochs=epochs)
         if data.multilabel:
             params.pop("classes")
+        if data.valid_rows is not None:
+            check = TeacherValidation(
+                valid[0][data.valid_rows],
+                data.valid_y,
+                patience=patience_epochs(
+                    getattr(student, "teacher_patience", None), params["max_epochs"]
+                ),
+                columns=data.columns,
+            )
+            params["callbacks"] = [*(params.get("callbacks") or []), ("teacher_valid", check)]
         jobs.append((data.name, params, X[data.rows], data.y, data.columns))
     return jobs
 

@@ -156,10 +156,16 @@ class Conv4(_Backbone):
     track_running_stats : bool, default=True
         Passed to BatchNorm. Meta-learners use ``False``: every forward pass is
         normalised with its own batch statistics, so nothing leaks between tasks.
+    n_pools : int, default=4
+        Blocks that end with the 2x2 max-pooling (the first ones); fewer keep a
+        spatial feature map (at 28 px: 4 pools give 1x1, 2 give 7x7), e.g. for
+        CDC's decoder.
 
     Examples
     --------
     >>> import torch
+    >>> Conv4(n_filters=8, input_shape=28, n_pools=2).feature_shape
+    (8, 7, 7)
     >>> net = Conv4(in_channels=3, n_classes=2, n_filters=8, input_shape=28)
     >>> net(torch.zeros(4, 3, 28, 28)).shape
     torch.Size([4, 2])
@@ -175,14 +181,17 @@ class Conv4(_Backbone):
         input_shape: int | Sequence[int] = 28,
         norm: str | None = "batch",
         track_running_stats: bool = True,
+        n_pools: int = 4,
     ) -> None:
         super().__init__()
+        if not 0 <= int(n_pools) <= 4:
+            raise ValueError(f"n_pools must be in 0..4, got {n_pools!r}.")
         h, w = _pair(input_shape)
         self.input_shape = (in_channels, h, w)
         layers: list[nn.Module] = []
         c = in_channels
-        for _ in range(4):
-            pool, h, w = _halving_pool(h, w)
+        for block in range(4):
+            pool, h, w = _halving_pool(h, w) if block < n_pools else (nn.Identity(), h, w)
             # max-pooling commutes with ReLU (both are monotone), so pooling first gives
             # the same outputs and gradients with 4x less ReLU work
             layers += [
