@@ -69,6 +69,8 @@ API_MODULES = {
     "fewmed.model_selection": "Model selection: episodes, class-disjoint and grouped splits",
     "fewmed.metrics": "Metrics and scorers",
     "fewmed.losses": "Losses",
+    "fewmed.distributed": "Distributed meta-training (torch.distributed)",
+    "fewmed.accelerate": "Data-parallel skorch estimators (Accelerate)",
 }
 
 

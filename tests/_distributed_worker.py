@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from skorch.callbacks import Callback, Checkpoint
 
-import fewmed.fewshot._base as base
+import fewmed._validation as base  # the few-shot input goes through check_images
 from fewmed import DAMLClassifier, ProtoNetClassifier, ReptileInitializer
 from fewmed.datasets import make_synthetic_lesions
 from fewmed.distributed import init_distributed, rank, shutdown
@@ -100,6 +100,7 @@ def run(scenario, out):
         est = ReptileInitializer(
             n_way=2,
             n_shot=3,
+            n_train_shot=3,
             n_filters=4,
             meta_batch_size=4,
             n_iterations=3,

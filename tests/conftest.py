@@ -13,7 +13,22 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FEWMED_SHARED_DATA", REPO.parent / "shared" / "data"))
 HAM_DIR = SHARED_DATA / "ham10000"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+THREADS = max(1, min(2, os.cpu_count() or 1))
+torch.set_num_threads(THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _torch_global_state():
+    """Every test starts with the suite's torch threads and default dtype, and a
+    test that changes them (or fails half-way through code that does) cannot leak
+    them into the next one: the pinned-seed regression predictions depend on both."""
+    torch.set_num_threads(THREADS)
+    torch.set_default_dtype(torch.float32)
+    yield
+    leaked = torch.get_num_threads(), torch.get_default_dtype()
+    torch.set_num_threads(THREADS)
+    torch.set_default_dtype(torch.float32)
+    assert leaked == (THREADS, torch.float32), f"the test left torch at {leaked}"
 
 
 def _need(path: Path) -> Path:

@@ -47,7 +47,12 @@ def _small_estimators() -> list:
         DAMLClassifier(**meta, n_inner_steps=1, n_adapt_steps=1, augment=False),
         ProtoNetClassifier(**meta, augment=False),
         ReptileInitializer(
-            **meta, n_inner_steps=1, n_adapt_steps=1, max_epochs=1, pretrain_epochs=1
+            **meta,
+            n_inner_steps=1,
+            n_adapt_steps=1,
+            max_epochs=1,
+            pretrain_epochs=1,
+            n_train_shot=1,
         ),
         FineTuneClassifier(**_TASK, n_filters=4, max_epochs=1, n_adapt_steps=1),
         FeatureFewShotClassifier(

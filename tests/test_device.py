@@ -17,6 +17,7 @@ SMALL = dict(
     verbose=0,
     n_way=2,
     n_shot=2,
+    n_train_shot=2,
     n_query=3,
     random_state=0,
 )

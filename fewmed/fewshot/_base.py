@@ -440,17 +440,25 @@ class BaseMetaLearner(FewShotMixin):
     def _train_tasks(self, Xt: np.ndarray, y: np.ndarray, seed: int, n_query: int) -> TaskDataset:
         """The ``n_iterations * meta_batch_size`` seeded meta-training tasks of ``(Xt, y)``."""
         n_way, n_shot = self.task_shape_[0], self._train_n_shot()
-        return TaskDataset(
-            torch.from_numpy(Xt),
-            y,
-            n_way=n_way,
-            n_shot=n_shot,
-            n_query=n_query,
-            seed=seed,
-            n_tasks=self.n_iterations * self.meta_batch_size,
-            tasks_per_epoch=self.iterations_per_epoch * self.meta_batch_size,
-            augment=make_augment(self.augment),
-        )
+        try:
+            return TaskDataset(
+                torch.from_numpy(Xt),
+                y,
+                n_way=n_way,
+                n_shot=n_shot,
+                n_query=n_query,
+                seed=seed,
+                n_tasks=self.n_iterations * self.meta_batch_size,
+                tasks_per_epoch=self.iterations_per_epoch * self.meta_batch_size,
+                augment=make_augment(self.augment),
+            )
+        except ValueError as exc:
+            if n_shot == self.task_shape_[1]:
+                raise
+            raise ValueError(
+                f"{exc} Meta-training tasks use n_train_shot={n_shot} support images per "
+                "class (not n_shot): lower n_train_shot."
+            ) from exc
 
     def _valid_tasks(self, X_valid, y_valid, seed: int):
         """``n_valid_tasks`` fixed tasks of ``(X_valid, y_valid)`` to validate meta-training."""
