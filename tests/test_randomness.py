@@ -83,6 +83,8 @@ def test_random_state_instance_is_reproducible(estimator):
 
 _SCRIPT = """
 import json, sys
+import torch
+torch.set_num_threads({threads})  # float sums depend on the thread count: the parent's
 sys.path.insert(0, {tests!r})
 from test_randomness import ESTIMATORS, IDS, _digest, _fit_predict
 print(json.dumps({{i: _digest(_fit_predict(e)) for i, e in zip(IDS, ESTIMATORS)}}))
@@ -93,9 +95,13 @@ def test_same_seed_gives_bit_identical_predictions_in_a_fresh_process():
     here = {i: _digest(_fit_predict(clone(e))) for i, e in zip(IDS, ESTIMATORS)}
     again = {i: _digest(_fit_predict(clone(e))) for i, e in zip(IDS, ESTIMATORS)}
     assert here == again
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # a fresh interpreter with the suite's thread count; thread variables that an
+    # earlier test (a Dask cluster, torchrun workers) may have left in os.environ dropped
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    env["PYTHONPATH"] = str(REPO)
+    script = _SCRIPT.format(tests=str(Path(__file__).parent), threads=torch.get_num_threads())
     out = subprocess.run(
-        [sys.executable, "-c", _SCRIPT.format(tests=str(Path(__file__).parent))],
+        [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         env=env,
