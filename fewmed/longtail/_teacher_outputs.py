@@ -56,8 +56,8 @@ def teacher_class_probs(
 ) -> np.ndarray:
     """``(n, n_classes)``: each class's probability by its teacher (T = 1), NaN without.
 
-    Every teacher carries ``subset_columns_``, the :attr:`TeacherData.columns` of
-    its training set.
+    Every teacher carries ``subset_columns_``, the
+    :attr:`fewmed.longtail._teachers.TeacherData.columns` of its training set.
     """
     logits = teacher_logits(teachers, X, device)
     out = np.full((len(X), n_classes), np.nan)
