@@ -50,7 +50,9 @@ class RelationalSubsetsDistiller(MultiLabelMixin, BalancedSamplingMixin, LongTai
     epoch), ``get_loss`` adds the distillation terms, and a callback updates the
     weights at ``on_epoch_end``. The parameters shared with CDC (``module``,
     ``n_filters``, ``loss``, ``gamma``, ``class_weight`` and skorch's) are declared
-    by :class:`fewmed.longtail._base.LongTailClassifier`.
+    by :class:`fewmed.longtail._base.LongTailClassifier`; the multi-label hooks and
+    the ``sampler``'s are ``MultiLabelMixin`` and ``BalancedSamplingMixin``
+    (``fewmed.longtail._targets``).
 
     **Subsets and teachers.** ``subsets="shot"`` groups the classes into
     ``"head"`` / ``"medium"`` / ``"tail"`` by training frequency
