@@ -5,26 +5,23 @@ defaults and hooks fewmed's imbalance learners (``CDCClassifier``,
 ``RelationalSubsetsDistiller``) need. It never overrides ``fit``, ``fit_loop`` or
 ``run_single_epoch``; everything happens in skorch's hooks:
 
-* ``check_data`` validates ``X`` (:func:`fewmed._validation.check_raw_input`,
-  :func:`~fewmed._validation.check_images`) and ``y``
-  (:func:`~fewmed._validation.check_labels`: any label values, at least two
-  classes, matching length), records
-  ``classes_``, ``n_features_in_``, ``input_shape_`` and the class counts, and
-  (re)builds the modules, criteria and optimizer when the data's shape calls for it;
+* ``check_data`` validates ``X`` and ``y`` (any label values, at least two
+  classes, matching length), records ``classes_``, ``n_features_in_``,
+  ``input_shape_`` and the class counts, and (re)builds the modules, criteria and
+  optimizer when the data's shape calls for it; it, ``get_dataset`` and
+  ``get_iterator`` are the data hooks of :class:`fewmed._skorch_data.ImageDataMixin`;
 * ``on_train_begin`` (the net's own hook, which skorch calls before the
   callbacks' ``on_train_begin``) runs ``check_data``, so callbacks that hold the
   optimizer (``LRScheduler``) or the module get the ones that are trained, not
   the pre-data placeholders; ``fit_loop``'s own ``check_data`` call with the same
   data is then skipped (the data is checked, and the networks built, once per fit);
-* ``get_dataset`` converts images to float ``(n, C, H, W)`` and labels to codes
-  ``0..n_classes-1`` (the models never see the raw labels), and checks at predict
-  time that images have the shape seen in ``fit``;
+* ``get_dataset`` converts images and labels to codes (the models never see the
+  raw labels);
 * ``initialize_module`` / ``initialize_criterion`` call the subclass's
   ``_build_modules(info)`` / ``_build_criteria(info)``, with the module
   initialisation seeded from ``random_state`` inside :func:`torch.random.fork_rng`
   (the global torch RNG is left as it was);
-* ``get_iterator`` gives the training ``DataLoader`` a seeded
-  :class:`torch.Generator`, so shuffling is reproducible without global seeding;
+* ``get_iterator`` seeds the training shuffle without global seeding;
 * ``on_train_begin`` also seeds the optional augmentation (from ``random_state``),
   which ``train_step_single`` applies.
 * ``infer`` hands the network its batches on its device, in channels-last memory
@@ -64,14 +61,12 @@ from skorch.dataset import unpack_data
 from skorch.utils import to_tensor
 from torch import nn
 
-from ._dataset import ArrayDataset, collate_batch, is_array_dataset, softmax
+from ._dataset import softmax
+from ._skorch_data import ImageDataMixin
 from ._validation import (
     AUGMENT_CONSTRAINT,
     DEVICE_CONSTRAINT,
     MODULE_CONSTRAINT,
-    check_images,
-    check_labels,
-    check_raw_input,
     resolve_device,
     seeded_torch,
 )
@@ -106,7 +101,7 @@ class _Unbuilt(nn.Module):
         raise RuntimeError("the network is built when fit() sees data; call fit first.")
 
 
-class ImageNetClassifier(NeuralNetClassifier):
+class ImageNetClassifier(ImageDataMixin, NeuralNetClassifier):
     """Base class: a skorch classifier for image arrays with fewmed's defaults.
 
     Subclasses implement ``_build_modules(info)`` (set ``self.module_`` and any
@@ -361,172 +356,6 @@ class ImageNetClassifier(NeuralNetClassifier):
             self._draw_seeds()
         self.augment_ = make_augment(self.augment)
         self.augment_generator_ = torch.Generator().manual_seed(self.seeds_["augment"])
-
-    def _as_array(self, X: Any) -> np.ndarray:
-        if not isinstance(X, torch.Tensor | np.ndarray):
-            X = np.asarray(X)
-        if isinstance(X, np.ndarray) and X.dtype == object:
-            try:
-                X = X.astype(np.float64)
-            except (TypeError, ValueError) as exc:
-                raise TypeError(
-                    f"X has dtype object that cannot be converted to numbers: {exc}"
-                ) from exc
-        return check_images(X)
-
-    def _shape_error(self, got: tuple, expected: tuple) -> ValueError:
-        if got[:2] == (1, 1) and expected[:2] == (1, 1):
-            return ValueError(
-                f"X has {got[2]} features, but {type(self).__name__} is expecting "
-                f"{expected[2]} features as input."
-            )
-        return ValueError(
-            f"X has images of shape (C, H, W) = {got}, but {type(self).__name__} was fitted "
-            f"on {expected}: resize them (loaders take size=)."
-        )
-
-    def _encode(self, y: np.ndarray) -> np.ndarray:
-        classes = np.asarray(self.classes_)
-        order = np.argsort(classes, kind="stable")
-        pos = np.searchsorted(classes[order], y)
-        pos = np.clip(pos, 0, len(classes) - 1)
-        codes = order[pos]
-        unknown = classes[codes] != y
-        if np.any(unknown):
-            raise ValueError(
-                f"y contains labels {np.unique(y[unknown]).tolist()} that are not among the "
-                f"classes {classes.tolist()}."
-            )
-        return codes.astype(np.int64)
-
-    def check_data(self, X: Any, y: Any = None) -> None:
-        """Validate images and labels, record ``classes_`` and the data facts, (re)build.
-
-        ``fit_loop``'s call right after ``on_train_begin`` checked the same ``X`` and
-        ``y`` returns at once (once; any other call checks). Subclasses extend
-        :meth:`_check_data`.
-        """
-        if self.__dict__.pop("_prechecked_", None) == (id(X), id(y)):
-            return
-        self._check_data(X, y)
-
-    def _check_data(self, X: Any, y: Any = None) -> None:
-        """The work of :meth:`check_data`: validate, record the data facts, (re)build."""
-        check_raw_input(X, y, estimator=type(self).__name__)
-        Xc = self._as_array(X)
-        y = check_labels(y, len(Xc), estimator=type(self).__name__)
-        built = getattr(self, "built_for_", None)
-        if not getattr(self, "fresh_", True) and built is not None:
-            if tuple(Xc.shape[1:]) != built[0]:  # partial_fit / warm start on other shapes
-                raise self._shape_error(tuple(Xc.shape[1:]), built[0])
-            if self.classes is None:  # partial_fit / warm start with labels never seen
-                unseen = np.setdiff1d(np.unique(y), np.asarray(self.classes_))
-                if len(unseen):
-                    raise ValueError(
-                        f"y contains labels {unseen.tolist()} that are not among the classes "
-                        f"{np.asarray(self.classes_).tolist()} of the first fit: pass every "
-                        "class as classes=[...] to the constructor, or refit with fit."
-                    )
-        if self.classes is not None:
-            self.classes_inferred_ = np.asarray(self.classes)
-        else:
-            self.classes_inferred_ = np.unique(y)
-        codes = self._encode(y)
-        n_classes = len(self.classes_)
-        info = {
-            "input_shape": tuple(int(v) for v in Xc.shape[1:]),
-            "n_classes": n_classes,
-            "class_counts": np.bincount(codes, minlength=n_classes),
-            "in_unit_range": bool(Xc.min() >= 0.0 and Xc.max() <= 1.0),
-        }
-        self._set_data_info(X, Xc, codes, info)
-
-    def _set_data_info(self, X: Any, Xc: np.ndarray, targets: np.ndarray, info: dict) -> None:
-        """Record the checked data's facts and cache; (re)build what they call for."""
-        built = getattr(self, "built_for_", None)
-        if not getattr(self, "fresh_", True) and built is not None:
-            if int(info["n_classes"]) != built[1]:  # partial_fit: a head of another width
-                kind = "labels (columns of Y)" if info.get("multilabel") else "classes"
-                raise ValueError(
-                    f"y has {info['n_classes']} {kind} but {type(self).__name__} was fitted "
-                    f"on {built[1]}: keep the width of the first fit (pass classes=[...] to "
-                    "the constructor), or refit with fit."
-                )
-        self.data_info_ = info
-        self.input_shape_ = info["input_shape"]
-        self.n_features_in_ = int(np.prod(Xc.shape[1:]))
-        self.fit_cache_ = (id(X), Xc, targets)
-        if built != self._signature(info):
-            self._initialize_module()
-            self._initialize_criterion()
-            self._initialize_optimizer()
-        else:  # same shapes (warm start / refit): only the class weights may change
-            self._initialize_criterion()
-        self.fresh_ = False
-
-    def get_dataset(self, X: Any, y: Any = None):
-        """Images → float ``(n, C, H, W)``, labels → codes, then skorch's dataset."""
-        if y is None:
-            self.check_is_fitted()
-        if isinstance(X, torch.utils.data.Dataset):
-            return X
-        cache = getattr(self, "fit_cache_", None)
-        if y is not None and cache is not None and cache[0] == id(X):
-            Xc, codes = cache[1], cache[2]
-            self.fit_cache_ = None
-        else:
-            name = type(self).__name__
-            check_raw_input(
-                X, np.zeros(2) if y is None else y, estimator=name, fitting=y is not None
-            )
-            Xc = self._as_array(X)
-            codes = None if y is None else self._encode(check_labels(y, len(Xc), estimator=name))
-            shape = getattr(self, "input_shape_", None)
-            if shape is not None and tuple(Xc.shape[1:]) != tuple(shape):
-                raise self._shape_error(tuple(Xc.shape[1:]), tuple(shape))
-        return ArrayDataset(Xc, codes)
-
-    def get_split_datasets(self, X: Any, y: Any = None, **fit_params: Any):
-        """skorch's split; refuses ``sample_weight`` (use ``class_weight``) explicitly."""
-        if "sample_weight" in fit_params:
-            raise TypeError(
-                f"{type(self).__name__}.fit does not support sample_weight; use class_weight "
-                "(per-class weights) instead."
-            )
-        return super().get_split_datasets(X, y, **fit_params)
-
-    def get_iterator(self, dataset, training: bool = False):
-        """skorch's iterator, with a seeded generator for the training shuffle.
-
-        Called once per ``fit`` after ``on_train_begin`` (which drew the seeds).
-        """
-        if training and "iterator_train__generator" not in self.__dict__:
-            seeds = getattr(self, "seeds_", None)
-            if seeds is not None and self.__dict__.get("iterator_train__shuffle", True):
-                gen = torch.Generator()
-                gen.manual_seed(seeds["loader"])
-                kwargs = self.get_params_for("iterator_train")
-                kwargs.setdefault("batch_size", self.batch_size)
-                kwargs["shuffle"] = True
-                if kwargs["batch_size"] == -1:
-                    kwargs["batch_size"] = len(dataset)
-                kwargs["generator"] = gen
-                if is_array_dataset(dataset):
-                    kwargs.setdefault("collate_fn", collate_batch)
-                return self.iterator_train(dataset, **kwargs)
-        prefix = "iterator_train" if training else "iterator_valid"
-        if is_array_dataset(dataset) and f"{prefix}__collate_fn" not in self.__dict__:
-            kwargs = self.get_params_for(prefix)
-            kwargs.setdefault("batch_size", self.batch_size)
-            if kwargs["batch_size"] == -1:
-                kwargs["batch_size"] = len(dataset)
-            kwargs["collate_fn"] = collate_batch
-            # a private generator: the DataLoader draws a worker seed from torch's
-            # global RNG otherwise, and predicting must not move the user's RNG
-            kwargs.setdefault("generator", torch.Generator())
-            iterator = self.iterator_train if training else self.iterator_valid
-            return iterator(dataset, **kwargs)
-        return super().get_iterator(dataset, training=training)
 
     def _restore(self) -> None:
         """Put back the attributes of before this fit's ``initialize`` (when it ran)."""

@@ -7,6 +7,7 @@ import http.server
 import shutil
 import threading
 import time
+import urllib.request
 import zipfile
 from functools import partial
 from pathlib import Path
@@ -141,7 +142,7 @@ def test_fetch_medmnist_offline_and_disabled(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise AssertionError("the network must not be used")
 
-    monkeypatch.setattr(_fetch.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
     with pytest.raises(DatasetNotAvailableError, match="download_if_missing=False") as err:
         fetch_medmnist("dermamnist", data_home=tmp_path, download_if_missing=False)
     assert str(dest) in str(err.value)

@@ -24,6 +24,9 @@ with warm loky workers (their one-off start is reported apart), best of two runs
 the head teacher gets the second core once the others are done
 (:func:`fewmed.longtail._teachers.thread_plan`), so the speed-up can pass the "one thread
 per teacher" bound that the largest teacher sets.
+
+The multi-label part lives in ``fewmed.benchmarks._rskd_chest``, the ``n_jobs`` timing
+in ``fewmed.benchmarks._rskd_speedup``; this module runs the HAM10000 part and the report.
 """
 
 from __future__ import annotations
@@ -41,12 +44,17 @@ from fewmed.benchmarks._common import (
     output_dir,
     write_json,
 )
+from fewmed.benchmarks._rskd_chest import CHEST_FEW as CHEST_FEW
+from fewmed.benchmarks._rskd_chest import CHEST_MANY as CHEST_MANY
+from fewmed.benchmarks._rskd_chest import _chest, _chest_labels, _print_chest
+from fewmed.benchmarks._rskd_chest import subsets_as_groups as subsets_as_groups
+from fewmed.benchmarks._rskd_chest import synthetic_chest_images as synthetic_chest_images
+from fewmed.benchmarks._rskd_speedup import _print_speedup, _speedup
 from fewmed.datasets import load_ham10000_or_synthetic
 
 HEAD, MEDIUM, TAIL = ["nv"], ["bcc", "bkl", "mel"], ["akiec", "df", "vasc"]
 FEATURE_SUBSETS = {"pigmented": ["mel", "nv", "bkl"], "other": ["bcc", "akiec", "vasc", "df"]}
 MANY, FEW = 0.2, 0.04
-CHEST_MANY, CHEST_FEW = 10000, 2000  # on the full label table: 3 head, 8 medium, 3 tail
 
 METHODS = {
     "ERM": dict(kd=None),
@@ -314,157 +322,6 @@ def _teacher_summary(results: dict) -> dict:
     return out
 
 
-def _speedup(args, prof, X, y, seed, repeats: int = 2) -> dict:
-    """Teachers' wall time, n_jobs=1 vs 2: HAM shot subsets and 4 equal synthetic subsets.
-
-    The teachers train for the profile's epochs; each timing is the best of
-    ``repeats``. The two loky workers are started, and each fits a tiny teacher,
-    before the timings: a session pays that once (joblib reuses its workers for
-    every later fit, e.g. the other folds), so it is timed and reported apart.
-    """
-    from joblib import Parallel, delayed
-
-    from fewmed import RelationalSubsetsDistiller
-    from fewmed.longtail import fit_teacher
-
-    rng = np.random.default_rng(seed)
-    tiny = dict(kd=None, n_filters=4, max_epochs=1, batch_size=16, verbose=0, classes=[0, 1])
-    Xt = rng.integers(0, 256, size=(32, prof["size"], prof["size"], 3), dtype=np.uint8)
-    yt = np.arange(32) % 2
-    t0 = time.perf_counter()
-    Parallel(n_jobs=2, backend="loky")(delayed(fit_teacher)(tiny, Xt, yt) for _ in range(2))
-    out = {"worker_start_seconds": time.perf_counter() - t0}
-    Xb = rng.integers(0, 256, size=(4000, prof["size"], prof["size"], 3), dtype=np.uint8)
-    yb = np.repeat(np.arange(8), 500)
-    cases = {
-        "ham_shot_subsets": (X, y, "shot"),
-        "balanced_4_subsets": (Xb, yb, [[0, 1], [2, 3], [4, 5], [6, 7]]),
-    }
-    for name, (Xs, ys, subsets) in cases.items():
-        est = _estimator(prof, seed, args, None, subsets=subsets)
-        est.initialize()
-        est.check_data(Xs, ys)
-        Xc, targets = est.fit_cache_[1], est.fit_cache_[2]
-        est.subsets_ = _subsets_of(est)
-        runs = {1: [], 2: []}
-        for _ in range(repeats):
-            for n_jobs in (1, 2):
-                est.set_params(n_jobs=n_jobs)
-                t0 = time.perf_counter()
-                est._fit_teachers(Xc, targets, seed)
-                runs[n_jobs].append(time.perf_counter() - t0)
-        times = {k: min(v) for k, v in runs.items()}
-        sizes = [len(j[2]) for j in est._teacher_jobs(Xc, targets, seed)]
-        out[name] = {
-            "seconds_n_jobs_1": times[1],
-            "seconds_n_jobs_2": times[2],
-            "speedup": times[1] / times[2],
-            "all_seconds": {f"n_jobs_{k}": v for k, v in runs.items()},
-            "teacher_sizes": sizes,
-            "epochs": prof["epochs"],
-            # one thread per teacher throughout: the largest teacher bounds the time
-            "static_ideal_speedup": sum(sizes) / max(max(sizes), sum(sizes) / 2),
-        }
-        if args.verbose:
-            print(
-                f"teachers {name}: n_jobs=1 {times[1]:.1f} s, n_jobs=2 {times[2]:.1f} s, "
-                f"speed-up {out[name]['speedup']:.2f}x (sizes {sizes})",
-                flush=True,
-            )
-    del RelationalSubsetsDistiller
-    return out
-
-
-def _subsets_of(est):
-    from fewmed.longtail import build_subsets
-
-    return build_subsets(
-        est.subsets, est.classes_, est.data_info_["class_counts"], many=est.many, few=est.few
-    )
-
-
-def synthetic_chest_images(Y: np.ndarray, size: int = 28, random_state: int = 0) -> np.ndarray:
-    """SYNTHETIC grey images whose content depends on the labels (one pattern per finding).
-
-    Each finding has a fixed smooth random pattern; an image is the sum of its
-    findings' patterns (random strength 0.5-1) plus noise. Not chest X-rays.
-    """
-    rng = np.random.default_rng(random_state)
-    k = Y.shape[1]
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    patterns = []
-    for _ in range(k):
-        cy, cx = rng.uniform(0.2, 0.8, 2)
-        r = rng.uniform(0.08, 0.2)
-        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))
-        fy, fx = rng.uniform(2, 8, 2)
-        patterns.append(blob * (0.6 + 0.4 * np.sin(2 * np.pi * (fy * yy + fx * xx))))
-    patterns = np.stack(patterns)
-    strength = rng.uniform(0.5, 1.0, size=Y.shape) * Y
-    img = np.einsum("nk,khw->nhw", strength, patterns) * 0.6
-    img += rng.normal(0.3, 0.15, size=img.shape)
-    return np.clip(img, 0, 1).astype(np.float32)[:, None]
-
-
-def _chest(args, prof, path: Path, memory) -> dict:
-    from sklearn.model_selection import GroupShuffleSplit
-
-    from fewmed.datasets import load_multilabel_csv
-    from fewmed.longtail import build_subsets
-
-    bunch = load_multilabel_csv(path, load_images=False)
-    Y_all, names = np.asarray(bunch["target"]), np.asarray(bunch["target_names"])
-    counts_all = Y_all.sum(axis=0)
-    subsets = build_subsets(
-        "shot", np.arange(len(names)), counts_all, many=CHEST_MANY, few=CHEST_FEW
-    )
-    rng = np.random.default_rng(args.seed)
-    n = 4000 if args.quick else 20000
-    rows = np.sort(rng.choice(len(Y_all), size=n, replace=False))
-    Y, groups = Y_all[rows], np.asarray(bunch["groups"])[rows]
-    X = synthetic_chest_images(Y, size=prof["size"], random_state=args.seed)
-    train, test = next(
-        GroupShuffleSplit(1, test_size=0.25, random_state=args.seed).split(X, Y, groups)
-    )
-    named = {k: [names[i] for i in v] for k, v in subsets.items()}
-    methods = {
-        "ERM": dict(kd=None),
-        "RW": dict(kd=None, class_weight="balanced"),
-        "Focal": dict(kd=None, loss="focal"),
-        "RSKD shot": dict(kd="relational", subsets=named, label_names=list(names)),
-    }
-    out = {}
-    for method, params in methods.items():
-        t0 = time.perf_counter()
-        est = _estimator(prof, args.seed, args, memory, **params).fit(X[train], Y[train])
-        scores = _group_map(Y[test], est.predict_proba(X[test]), subsets_as_groups(subsets))
-        scores["fit_seconds"] = time.perf_counter() - t0
-        out[method] = scores
-        if args.verbose:
-            print(
-                f"chest (synthetic images) {method:10s} head {scores['head']:.3f} medium "
-                f"{scores['medium']:.3f} tail {scores['tail']:.3f} total {scores['total']:.3f}",
-                flush=True,
-            )
-    return {
-        "images": "SYNTHETIC (label-dependent patterns); labels: real NIH ChestX-ray14 rows",
-        "n_rows_table": len(Y_all),
-        "n_used": n,
-        "finding_counts": counts_all.tolist(),
-        "finding_names": names.tolist(),
-        "subsets": named,
-        "results": out,
-    }
-
-
-def subsets_as_groups(subsets: dict) -> dict:
-    return {
-        "head": subsets.get("head", []),
-        "medium": subsets.get("medium", []),
-        "tail": subsets.get("tail", []),
-    }
-
-
 def _plot(summary: dict, path: Path, paired: dict | None = None) -> Path | None:
     try:
         import matplotlib
@@ -568,40 +425,9 @@ def run(args) -> dict:
             )
         )
     if speed:
-        print("\nTeachers, n_jobs=2 vs n_jobs=1")
-        print(
-            format_table(
-                [
-                    [
-                        k,
-                        f"{v['seconds_n_jobs_1']:.1f}",
-                        f"{v['seconds_n_jobs_2']:.1f}",
-                        f"{v['speedup']:.2f}x",
-                        f"{v['static_ideal_speedup']:.2f}x",
-                    ]
-                    for k, v in speed.items()
-                    if isinstance(v, dict)
-                ],
-                ["workload", "n_jobs=1 s", "n_jobs=2 s", "speed-up", "one thread per teacher"],
-            )
-        )
-        print(
-            f"(teachers train for {prof['epochs']} epochs, best of 2 runs; starting the two "
-            f"loky workers once took {speed['worker_start_seconds']:.1f} s, before the timings)"
-        )
+        _print_speedup(speed, prof)
     if chest:
-        print(
-            "\nChestX-ray14 labels (real) with SYNTHETIC images, mAP (%) on a patient-grouped 25%"
-        )
-        print(
-            format_table(
-                [
-                    [m] + [f"{100 * s[c]:.2f}" for c in ("head", "medium", "tail", "total")]
-                    for m, s in chest["results"].items()
-                ],
-                ["method", "head", "medium", "tail", "total"],
-            )
-        )
+        _print_chest(chest)
     payload = {
         "benchmark": "rskd",
         "profile": "quick" if args.quick else "full",
@@ -623,20 +449,3 @@ def run(args) -> dict:
     )
     return payload
 
-
-def _chest_labels(args) -> Path | None:
-    import os
-
-    candidates = [
-        os.environ.get("FEWMED_CHESTXRAY14_LABELS"),
-        Path(os.environ.get("FEWMED_SHARED_DATA", "../shared/data"))
-        / "nih_chestxray14_labels.csv.gz",
-    ]
-    for c in candidates:
-        if c and Path(c).exists():
-            return Path(c)
-    print(
-        "NOTE: nih_chestxray14_labels.csv.gz not found (set FEWMED_CHESTXRAY14_LABELS); "
-        "skipping the multi-label part."
-    )
-    return None

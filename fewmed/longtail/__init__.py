@@ -10,9 +10,10 @@ Both are skorch classifiers built on one template,
 ``fewmed.longtail._base.LongTailClassifier`` (the parameters, checks, backbone and
 class-weighted loss they share; itself a ``fewmed._skorch.ImageNetClassifier``).
 RSKD's pieces live in modules named for what they hold: ``_subsets`` (which classes
-go together), ``_teachers`` (the teachers' data, training and outputs),
-``_distillation`` (the loss, its per-class weights and their per-epoch update) and
-``_targets`` (multi-label targets, the validation hold-out, balanced sampling).
+go together), ``_teachers`` (the teachers' data and training), ``_teacher_outputs``
+(their outputs mapped to the student's classes), ``_distillation`` (the loss, its
+per-class weights and their per-epoch update) and ``_targets`` (multi-label targets,
+the validation hold-out, balanced sampling, and the estimator's mixins for them).
 See ``docs/architecture.md``.
 """
 

@@ -28,27 +28,20 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from skorch.utils import to_tensor
 
-from fewmed._dataset import ArrayDataset, collate_batch, sigmoid, softmax
-from fewmed._validation import check_raw_input
+from fewmed._dataset import ArrayDataset
 from fewmed.longtail._base import LongTailClassifier
 from fewmed.longtail._distillation import EpochWeights, relational_kd_loss
 from fewmed.longtail._subsets import build_subsets
-from fewmed.longtail._targets import (
-    balanced_loader,
-    balanced_sample_weights,
-    indicator,
-    is_multilabel,
-    multilabel_info,
-    validation_split,
-)
-from fewmed.longtail._teachers import fit_teachers, teacher_jobs, teacher_log_probs, teacher_scores
+from fewmed.longtail._targets import BalancedSamplingMixin, MultiLabelMixin, validation_split
+from fewmed.longtail._teacher_outputs import distillation_state, teacher_log_probs
+from fewmed.longtail._teachers import fit_teachers, teacher_jobs
 
 __all__ = ["RelationalSubsetsDistiller"]
 
 _KD_OPTIONS = (None, "plain", "relational")
 
 
-class RelationalSubsetsDistiller(LongTailClassifier):
+class RelationalSubsetsDistiller(MultiLabelMixin, BalancedSamplingMixin, LongTailClassifier):
     """Relational-subsets knowledge distillation for long-tailed classification (RSKD).
 
     A skorch :class:`~skorch.NeuralNetClassifier` for images (multi-class ``y`` or a
@@ -57,7 +50,9 @@ class RelationalSubsetsDistiller(LongTailClassifier):
     epoch), ``get_loss`` adds the distillation terms, and a callback updates the
     weights at ``on_epoch_end``. The parameters shared with CDC (``module``,
     ``n_filters``, ``loss``, ``gamma``, ``class_weight`` and skorch's) are declared
-    by :class:`fewmed.longtail._base.LongTailClassifier`.
+    by :class:`fewmed.longtail._base.LongTailClassifier`; the multi-label hooks and
+    the ``sampler``'s are ``MultiLabelMixin`` and ``BalancedSamplingMixin``
+    (``fewmed.longtail._targets``).
 
     **Subsets and teachers.** ``subsets="shot"`` groups the classes into
     ``"head"`` / ``"medium"`` / ``"tail"`` by training frequency
@@ -318,20 +313,6 @@ default=None
         self.teachers_pending_ = True
         return self
 
-    def _check_data(self, X: Any, y: Any = None) -> None:
-        """Validate images and labels (multi-class ``y`` or indicator ``Y``); (re)build."""
-        if y is None or not is_multilabel(y):
-            self.multilabel_ = False
-            super()._check_data(X, y)
-            self.data_info_["n_samples"] = int(self.data_info_["class_counts"].sum())
-            return
-        check_raw_input(X, y, estimator=type(self).__name__)
-        Xc = self._as_array(X)
-        Y, info = multilabel_info(Xc, y, self.classes)
-        self.multilabel_ = True
-        self.classes_inferred_ = np.arange(info["n_classes"])
-        self._set_data_info(X, Xc, Y, info)
-
     def get_split_datasets(self, X: Any, y: Any = None, **fit_params: Any):
         """The training set, the validation hold-out (kept for Eq. 3) and the teachers.
 
@@ -412,45 +393,11 @@ default=None
         )
 
     def _prepare_distillation(self, X_train, y_train, X_valid, y_valid) -> None:
-        truth = indicator(y_valid, self.multilabel_, len(self.classes_))
-        has_teacher, self.teacher_scores_ = teacher_scores(
-            self.teachers_, self.subsets_, X_valid, truth, self.weight_metric, self.device
+        """The teachers' Eq. 3 scores, their quality, the soft targets (``distillation_state``)."""
+        self.teacher_scores_, self.teacher_quality_, self._kd_state_ = distillation_state(
+            self, X_train, y_train, X_valid, y_valid
         )
-        self.kd_weights_ = has_teacher.astype(np.float64)
-        self.teacher_quality_ = {
-            name: {
-                "valid_ap_eq3": float(np.nanmean(self.teacher_scores_[members]))
-                if np.isfinite(self.teacher_scores_[members]).any()
-                else float("nan"),
-                **getattr(self.teachers_[name], "validation_", {}),
-            }
-            for name, members in self.subsets_.items()
-        }
-        precomputed = None
-        if not self.augment:
-            precomputed = self._teacher_log_probs(X_train, float(self.temperature), y_train)
-        self._kd_state_ = {
-            "has_teacher": has_teacher,
-            "valid": (X_valid, truth),
-            "teacher_lp": precomputed,
-            "quality_recorded": False,
-        }
-
-    # ------------------------------------------------------------------ sampling
-    def _sampling_weights(self, targets: np.ndarray) -> np.ndarray | None:
-        if self.sampler is None:
-            return None
-        return balanced_sample_weights(targets, self.multilabel_, len(self.classes_))
-
-    def get_iterator(self, dataset, training: bool = False):
-        """skorch's iterator; a seeded class-balanced sampler when ``sampler="balanced"``."""
-        weights = getattr(self, "_sample_weights_", None)
-        if not (training and weights is not None and isinstance(dataset, ArrayDataset)):
-            return super().get_iterator(dataset, training=training)
-        super().get_iterator(dataset, training=True)  # seeds the augmentation
-        return balanced_loader(
-            dataset, weights, self.batch_size, self.seeds_["loader"], collate_batch
-        )
+        self.kd_weights_ = self._kd_state_["has_teacher"].astype(np.float64)
 
     # ------------------------------------------------------------------ loss
     def get_loss(self, y_pred: Any, y_true: Any, X: Any = None, training: bool = False):
@@ -505,36 +452,8 @@ default=None
         self._kd_state_ = None
         return super().on_train_end(net, X=X, y=y, **kwargs)
 
-    # ------------------------------------------------------------------ prediction
-    def _get_predict_nonlinearity(self):
-        if isinstance(self.predict_nonlinearity, str) and self.predict_nonlinearity == "auto":
-            return sigmoid if getattr(self, "multilabel_", False) else softmax
-        return super()._get_predict_nonlinearity()
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Predicted labels, or a ``{0, 1}`` indicator (probability >= 0.5) for multi-label.
-
-        Parameters
-        ----------
-        X : array-like of images
-
-        Returns
-        -------
-        ndarray of shape (n_samples,) or (n_samples, n_labels)
-        """
-        self.check_is_fitted()
-        if self.multilabel_:
-            return (self.predict_proba(X) >= 0.5).astype(np.int64)
-        return super().predict(X)
-
     def __getstate__(self):
         state = super().__getstate__()
         for key in ("_train_targets_", "_sample_weights_", "_kd_state_"):
             state.pop(key, None)
         return state
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_label = True
-        tags.target_tags.multi_output = True
-        return tags

@@ -11,7 +11,10 @@ them (class codes ``0..n_classes-1`` or a multi-label ``{0, 1}`` indicator):
   teacher and student and the teachers stop early (multi-label rows grouped by
   their rarest label), smaller for the rare classes;
 * :func:`balanced_sample_weights` and :func:`balanced_loader` are class-balanced
-  re-sampling (the RS baseline), seeded.
+  re-sampling (the RS baseline), seeded;
+* :class:`BalancedSamplingMixin` and :class:`MultiLabelMixin` are an estimator's
+  side of them: balanced training batches; an indicator ``Y`` in ``fit``, sigmoid
+  outputs and ``{0, 1}`` predictions.
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ import numpy as np
 import torch
 from sklearn.utils.multiclass import type_of_target
 
+from fewmed._dataset import ArrayDataset, collate_batch, sigmoid, softmax
+from fewmed._validation import check_raw_input
+
 __all__ = [
+    "BalancedSamplingMixin",
+    "MultiLabelMixin",
     "balanced_loader",
     "balanced_sample_weights",
     "indicator",
@@ -180,3 +188,81 @@ def balanced_loader(
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn
     )
+
+
+class BalancedSamplingMixin:
+    """Class-balanced re-sampling of a skorch classifier's training batches (``sampler``).
+
+    With ``sampler="balanced"``, ``get_split_datasets`` stores
+    ``_sample_weights_ = self._sampling_weights(targets)`` (:func:`balanced_sample_weights`)
+    and ``get_iterator`` draws the training batches with them
+    (:func:`balanced_loader`, seeded by the loader's seed). Used by
+    :class:`fewmed.longtail.RelationalSubsetsDistiller`.
+    """
+
+    def _sampling_weights(self, targets: np.ndarray) -> np.ndarray | None:
+        if self.sampler is None:
+            return None
+        return balanced_sample_weights(targets, self.multilabel_, len(self.classes_))
+
+    def get_iterator(self, dataset, training: bool = False):
+        """skorch's iterator; a seeded class-balanced sampler when ``sampler="balanced"``."""
+        weights = getattr(self, "_sample_weights_", None)
+        if not (training and weights is not None and isinstance(dataset, ArrayDataset)):
+            return super().get_iterator(dataset, training=training)
+        super().get_iterator(dataset, training=True)  # seeds the augmentation
+        return balanced_loader(
+            dataset, weights, self.batch_size, self.seeds_["loader"], collate_batch
+        )
+
+
+class MultiLabelMixin:
+    """The multi-label side of a skorch classifier of the family (mixed in before its base).
+
+    ``fit`` takes class labels ``y`` or a multi-label ``{0, 1}`` indicator ``Y``
+    (:func:`is_multilabel`, :func:`multilabel_info`) and records which in
+    ``multilabel_``; ``predict_nonlinearity="auto"`` is then a sigmoid (a softmax
+    for class labels) and ``predict`` gives a ``{0, 1}`` indicator. Used by
+    :class:`fewmed.longtail.RelationalSubsetsDistiller`.
+    """
+
+    def _check_data(self, X: Any, y: Any = None) -> None:
+        """Validate images and labels (multi-class ``y`` or indicator ``Y``); (re)build."""
+        if y is None or not is_multilabel(y):
+            self.multilabel_ = False
+            super()._check_data(X, y)
+            self.data_info_["n_samples"] = int(self.data_info_["class_counts"].sum())
+            return
+        check_raw_input(X, y, estimator=type(self).__name__)
+        Xc = self._as_array(X)
+        Y, info = multilabel_info(Xc, y, self.classes)
+        self.multilabel_ = True
+        self.classes_inferred_ = np.arange(info["n_classes"])
+        self._set_data_info(X, Xc, Y, info)
+
+    def _get_predict_nonlinearity(self):
+        if isinstance(self.predict_nonlinearity, str) and self.predict_nonlinearity == "auto":
+            return sigmoid if getattr(self, "multilabel_", False) else softmax
+        return super()._get_predict_nonlinearity()
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted labels, or a ``{0, 1}`` indicator (probability >= 0.5) for multi-label.
+
+        Parameters
+        ----------
+        X : array-like of images
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_labels)
+        """
+        self.check_is_fitted()
+        if self.multilabel_:
+            return (self.predict_proba(X) >= 0.5).astype(np.int64)
+        return super().predict(X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        tags.target_tags.multi_output = True
+        return tags

@@ -13,10 +13,9 @@ fitted teachers (the estimator keeps its skorch hooks):
 * :func:`fit_teachers` trains the teachers in parallel (joblib's active backend), cached,
   each by :func:`fit_teacher`, giving the cores of finished workers to the
   teachers still training (:func:`thread_plan`, :class:`ThreadSchedule`);
-* :func:`teacher_logits`, :func:`teacher_class_probs` and
-  :func:`teacher_log_probs` map the teachers' outputs back to the student's
-  classes (probabilities for Eq. 3, soft targets for the distillation loss);
-  :func:`teacher_scores` is the teachers' side of Eq. 3.
+* their outputs, mapped back to the student's classes (probabilities for Eq. 3,
+  soft targets for the distillation loss), are in
+  :mod:`fewmed.longtail._teacher_outputs` (re-exported here).
 """
 
 from __future__ import annotations
@@ -28,10 +27,14 @@ import numpy as np
 import torch
 from joblib import Memory, delayed, effective_n_jobs
 from skorch.callbacks import Callback
-from skorch.utils import to_tensor
 
 from fewmed._parallel import parallel
-from fewmed.longtail._distillation import binary_log_probs, per_class_scores
+from fewmed.longtail._teacher_outputs import (
+    teacher_class_probs,
+    teacher_log_probs,
+    teacher_logits,
+    teacher_scores,
+)
 from fewmed.longtail._teacher_training import (
     TeacherValidation,
     patience_epochs,
@@ -403,120 +406,3 @@ def fit_teachers(
         est.subset_columns_ = jobs[j][4]
         teachers[jobs[j][0]] = est
     return {job[0]: teachers[job[0]] for job in jobs}
-
-
-def teacher_logits(teachers: Mapping[str, Any], X: Any, device: Any) -> dict[str, torch.Tensor]:
-    """Each teacher's raw outputs on ``X`` (evaluation mode, in chunks), on ``device``."""
-    Xt = to_tensor(X, device=device)
-    out = {}
-    for name, t in teachers.items():
-        t.module_.eval()
-        with torch.no_grad():
-            out[name] = torch.cat(
-                [t.module_(Xt[i : i + 1024].to(t.device)) for i in range(0, len(Xt), 1024)]
-            ).to(Xt.device)
-    return out
-
-
-def teacher_class_probs(
-    teachers: Mapping[str, Any],
-    subsets: Mapping[str, np.ndarray],
-    X: Any,
-    n_classes: int,
-    device: Any = "cpu",
-) -> np.ndarray:
-    """``(n, n_classes)``: each class's probability by its teacher (T = 1), NaN without.
-
-    Every teacher carries ``subset_columns_``, the :attr:`TeacherData.columns` of
-    its training set.
-    """
-    logits = teacher_logits(teachers, X, device)
-    out = np.full((len(X), n_classes), np.nan)
-    for name, members in subsets.items():
-        t = teachers[name]
-        proba = t._get_predict_nonlinearity()(logits[name]).cpu().numpy()
-        cols = t.subset_columns_
-        out[:, members] = proba[:, np.arange(len(members)) if cols is None else cols]
-    return out
-
-
-def teacher_log_probs(
-    teachers: Mapping[str, Any],
-    subsets: Mapping[str, np.ndarray],
-    X: Any,
-    temperature: float,
-    *,
-    n_classes: int,
-    multilabel: bool,
-    y: Any = None,
-    device: Any = "cpu",
-) -> torch.Tensor:
-    """The teachers' soft targets at ``temperature`` (see ``relational_kd_loss``).
-
-    Multi-label: ``(n, n_classes, 2)``, ``log q_i`` and ``log(1 - q_i)``.
-    Multi-class: ``(n, n_classes + 1)``, the log-probabilities of the teacher of
-    each sample's class (``y``) over its subset's columns and "other" (last),
-    ``-inf`` elsewhere.
-    """
-    logits = teacher_logits(teachers, X, device)
-    n, k = len(X), n_classes
-    if multilabel:
-        out = torch.zeros(n, k, 2)
-    else:
-        out = torch.full((n, k + 1), -torch.inf)
-        y = torch.as_tensor(np.asarray(y)).long().cpu()
-    for name, members in subsets.items():
-        t, z = teachers[name], logits[name].cpu()
-        cols = t.subset_columns_
-        cols = torch.arange(len(members)) if cols is None else torch.as_tensor(cols)
-        m = torch.as_tensor(members)
-        if multilabel:
-            log_p, log_not = binary_log_probs(z, temperature, t.multilabel_)
-            out[:, m, 0], out[:, m, 1] = log_p[:, cols], log_not[:, cols]
-            continue
-        rows = torch.isin(y, m)
-        lp = torch.log_softmax(z[rows] / temperature, dim=1)
-        block = torch.full((int(rows.sum()), k + 1), -torch.inf)
-        block[:, m] = lp[:, cols]
-        if lp.shape[1] > len(members):  # the teacher's "other" output
-            block[:, k] = lp[:, -1]
-        out[rows] = block
-    return out
-
-
-def teacher_scores(
-    teachers: Mapping[str, Any],
-    subsets: Mapping[str, np.ndarray],
-    X_valid: np.ndarray,
-    truth: np.ndarray,
-    metric: str = "ap",
-    device: Any = "cpu",
-) -> tuple[np.ndarray, np.ndarray]:
-    """The teachers' side of Eq. 3: which classes have a teacher, and its score.
-
-    Parameters
-    ----------
-    teachers, subsets : mappings of the subset names
-    X_valid : ndarray of shape (n, C, H, W)
-        The validation hold-out (may be empty).
-    truth : ndarray of shape (n, n_classes)
-        Its ``{0, 1}`` rows (:func:`indicator`).
-    metric : {"ap", "accuracy"}, default="ap"
-    device : str or torch.device, default="cpu"
-
-    Returns
-    -------
-    has_teacher : ndarray of bool, shape (n_classes,)
-    scores : ndarray of shape (n_classes,)
-        Each class's teacher performance on the hold-out (NaN without a teacher or
-        without validation data).
-    """
-    n_classes = truth.shape[1]
-    has_teacher = np.zeros(n_classes, dtype=bool)
-    for members in subsets.values():
-        has_teacher[members] = True
-    scores = np.full(n_classes, np.nan)
-    if len(X_valid):
-        proba = teacher_class_probs(teachers, subsets, X_valid, n_classes, device)
-        scores[has_teacher] = per_class_scores(truth, np.nan_to_num(proba), metric)[has_teacher]
-    return has_teacher, scores
