@@ -343,6 +343,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     Returns
     -------
     torch.device
+        The device to move the network and the data to.
 
     Raises
     ------

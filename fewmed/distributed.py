@@ -95,6 +95,7 @@ def world_size() -> int:
     Returns
     -------
     int
+        The size of the default process group, at least 1.
 
     Examples
     --------

@@ -378,6 +378,13 @@ def per_class_average_precision(
     Returns
     -------
     ndarray of shape (n_classes,)
+        Average precision of each score column, NaN where ``y_true`` has no
+        positive of that class.
+
+    Raises
+    ------
+    ValueError
+        If ``y_score`` is not 2-D or ``y_true`` gives another number of classes.
 
     Examples
     --------
@@ -406,8 +413,9 @@ def mean_average_precision(
 
     Parameters
     ----------
-    y_true : array-like (n,) of class indices, or (n, n_classes) indicator matrix
-    y_score : array-like (n, n_classes)
+    y_true : array-like of shape (n,) or (n, n_classes)
+        Labels (codes ``0..n_classes-1`` or ``labels``) or a ``{0, 1}`` indicator.
+    y_score : array-like of shape (n, n_classes)
         Probabilities or scores per class.
     labels : sequence, default=None
         Label of each score column for a 1-D ``y_true`` (default ``0..n_classes-1``).
