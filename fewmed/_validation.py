@@ -333,10 +333,34 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
     ``"cuda"`` without a GPU raises a ``ValueError`` that says so.
 
+    Parameters
+    ----------
+    device : str, torch.device or None
+        ``"auto"`` or ``None``: the GPU when torch sees one, else the CPU.
+        Otherwise anything ``torch.device`` accepts (``"cpu"``, ``"cuda"``,
+        ``"cuda:1"``, a ``torch.device``, ...).
+
+    Returns
+    -------
+    torch.device
+        The device to move the network and the data to.
+
+    Raises
+    ------
+    ValueError
+        If ``device`` is not a device torch knows, or asks for CUDA while
+        ``torch.cuda.is_available()`` is False.
+
     Examples
     --------
     >>> resolve_device("cpu")
     device(type='cpu')
+    >>> resolve_device("auto").type in ("cpu", "cuda")
+    True
+    >>> resolve_device("gpu")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: device must be 'cpu', 'cuda', 'cuda:<i>', 'auto' or a torch.device; got 'gpu' ...
     """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -63,6 +63,12 @@ def is_distributed() -> bool:
     Returns
     -------
     bool
+        False without a process group and with a group of one rank.
+
+    Examples
+    --------
+    >>> is_distributed()  # a single process, no process group
+    False
     """
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -73,6 +79,12 @@ def rank() -> int:
     Returns
     -------
     int
+        In ``0..world_size() - 1``.
+
+    Examples
+    --------
+    >>> rank()  # a single process, no process group
+    0
     """
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
@@ -83,6 +95,12 @@ def world_size() -> int:
     Returns
     -------
     int
+        The size of the default process group, at least 1.
+
+    Examples
+    --------
+    >>> world_size()  # a single process, no process group
+    1
     """
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
@@ -93,6 +111,12 @@ def is_main_process() -> bool:
     Returns
     -------
     bool
+        True without a process group.
+
+    Examples
+    --------
+    >>> is_main_process()  # a single process is the main one
+    True
     """
     return rank() == 0
 

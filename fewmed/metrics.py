@@ -10,9 +10,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats
 from sklearn.metrics import (
     average_precision_score,
@@ -64,11 +65,37 @@ def mean_confidence_interval(
 ) -> ConfidenceInterval:
     """Mean and Student-t confidence interval of per-task scores.
 
+    The half-width is ``t * std / sqrt(n)`` with ``std`` the sample standard
+    deviation (``ddof=1``) and ``t`` the ``(1 + confidence) / 2`` quantile of
+    Student's t with ``n - 1`` degrees of freedom. NaN values (e.g. tasks whose
+    query set holds one class, see :func:`task_aucs`) are left out.
+
+    Parameters
+    ----------
+    values : sequence of float
+        Per-task scores; NaN values are ignored.
+    confidence : float, default=0.95
+        Coverage of the interval, in ``(0, 1)``.
+
+    Returns
+    -------
+    ConfidenceInterval
+        ``mean``, ``half_width``, ``low``, ``high``, ``std`` and ``n`` (the number
+        of non-NaN values). With a single value, ``half_width``, ``low`` and
+        ``high`` are NaN and ``std`` is 0.
+
+    Raises
+    ------
+    ValueError
+        If ``values`` holds no non-NaN value.
+
     Examples
     --------
     >>> ci = mean_confidence_interval([0.7, 0.8, 0.9])
     >>> round(ci.mean, 3), round(ci.half_width, 3)
     (0.8, 0.248)
+    >>> mean_confidence_interval([0.7, float("nan"), 0.9]).n
+    2
     """
     v = np.asarray(values, dtype=float)
     v = v[~np.isnan(v)]
@@ -170,6 +197,25 @@ def task_aucs(y_true_tasks: Sequence, y_score_tasks: Sequence) -> np.ndarray:
     The per-task values behind :func:`episodic_auc`; pass two methods' values to
     :func:`paired_confidence_interval`.
 
+    Parameters
+    ----------
+    y_true_tasks : sequence of array-like of shape (n_query,)
+        Query labels of each task (task-local or original labels).
+    y_score_tasks : sequence of array-like of shape (n_query,) or (n_query, n_way)
+        Scores of each task, in the order of ``y_true_tasks``: positive-class
+        scores ``(n_query,)``, or probabilities ``(n_query, n_way)`` (column 1 is
+        the positive class for two columns; one-vs-rest macro AUC for more).
+
+    Returns
+    -------
+    ndarray of shape (n_tasks,)
+        AUC of each task, NaN where the query labels hold a single class.
+
+    Raises
+    ------
+    ValueError
+        If ``y_true_tasks`` and ``y_score_tasks`` hold different numbers of tasks.
+
     Examples
     --------
     >>> task_aucs([[0, 1, 1], [0, 0, 1]], [[0.1, 0.8, 0.6], [0.3, 0.6, 0.5]])
@@ -180,12 +226,33 @@ def task_aucs(y_true_tasks: Sequence, y_score_tasks: Sequence) -> np.ndarray:
     return np.array([_task_auc(t, s) for t, s in zip(y_true_tasks, y_score_tasks)], dtype=float)
 
 
-def quadratic_weighted_kappa(y_true, y_pred, *, labels: Sequence | None = None) -> float:
+def quadratic_weighted_kappa(
+    y_true: ArrayLike, y_pred: ArrayLike, *, labels: Sequence | None = None
+) -> float:
     """Cohen's kappa with quadratic weights, the diabetic-retinopathy grading metric.
 
     ``kappa = 1 - sum(W * O) / sum(W * E)`` with ``W_ij = (i - j)^2 / (K - 1)^2``,
     ``O`` the confusion matrix and ``E`` the outer product of its marginals scaled
     to the same total. Equals ``cohen_kappa_score(weights="quadratic")``.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        True ordinal grades.
+    y_pred : array-like of shape (n_samples,)
+        Predicted grades.
+    labels : sequence, default=None
+        The ``K`` grades in their order; the distance between grades ``i`` and
+        ``j`` is their position difference. ``None``: the sorted values found in
+        ``y_true`` and ``y_pred``.
+
+    Returns
+    -------
+    float
+        The kappa: 1 for perfect agreement, 0 for chance-level agreement,
+        negative below chance. With fewer than two grades it is 1.0 if
+        ``y_true`` equals ``y_pred`` and 0.0 otherwise; 1.0 when the expected
+        disagreement is zero.
 
     Examples
     --------
@@ -211,8 +278,21 @@ def quadratic_weighted_kappa(y_true, y_pred, *, labels: Sequence | None = None) 
     return float(1.0 - (weights * observed).sum() / denom)
 
 
-def macro_f1(y_true, y_pred) -> float:
+def macro_f1(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     """Macro-averaged F1 (``zero_division=0``): CDC's main metric (MF1).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        True labels.
+    y_pred : array-like of shape (n_samples,)
+        Predicted labels.
+
+    Returns
+    -------
+    float
+        The unweighted mean over the classes found in ``y_true`` and ``y_pred``
+        of the per-class F1 (0 for a class that is never predicted or never true).
 
     Examples
     --------
@@ -222,8 +302,21 @@ def macro_f1(y_true, y_pred) -> float:
     return float(f1_score(y_true, y_pred, average="macro", zero_division=0))
 
 
-def macro_precision(y_true, y_pred) -> float:
+def macro_precision(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     """Macro-averaged precision (``zero_division=0``).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        True labels.
+    y_pred : array-like of shape (n_samples,)
+        Predicted labels.
+
+    Returns
+    -------
+    float
+        The unweighted mean over the classes found in ``y_true`` and ``y_pred``
+        of the per-class precision (0 for a class that is never predicted).
 
     Examples
     --------
@@ -233,8 +326,21 @@ def macro_precision(y_true, y_pred) -> float:
     return float(precision_score(y_true, y_pred, average="macro", zero_division=0))
 
 
-def macro_recall(y_true, y_pred) -> float:
+def macro_recall(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     """Macro-averaged recall (balanced accuracy for single-label problems).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        True labels.
+    y_pred : array-like of shape (n_samples,)
+        Predicted labels.
+
+    Returns
+    -------
+    float
+        The unweighted mean over the classes found in ``y_true`` and ``y_pred``
+        of the per-class recall (0 for a class absent from ``y_true``).
 
     Examples
     --------
@@ -255,7 +361,9 @@ def _indicator(y_true, n_classes: int, labels=None) -> np.ndarray:
     return Y
 
 
-def per_class_average_precision(y_true, y_score, labels=None) -> np.ndarray:
+def per_class_average_precision(
+    y_true: ArrayLike, y_score: ArrayLike, labels: ArrayLike | None = None
+) -> np.ndarray:
     """Average precision of each class (one-vs-rest; NaN for a class without positives).
 
     Parameters
@@ -270,6 +378,13 @@ def per_class_average_precision(y_true, y_score, labels=None) -> np.ndarray:
     Returns
     -------
     ndarray of shape (n_classes,)
+        Average precision of each score column, NaN where ``y_true`` has no
+        positive of that class.
+
+    Raises
+    ------
+    ValueError
+        If ``y_score`` is not 2-D or ``y_true`` gives another number of classes.
 
     Examples
     --------
@@ -291,16 +406,30 @@ def per_class_average_precision(y_true, y_score, labels=None) -> np.ndarray:
     return ap
 
 
-def mean_average_precision(y_true, y_score, *, labels: Sequence | None = None) -> float:
+def mean_average_precision(
+    y_true: ArrayLike, y_score: ArrayLike, *, labels: Sequence | None = None
+) -> float:
     """Mean over classes of the average precision (classes absent from ``y_true`` skipped).
 
     Parameters
     ----------
-    y_true : array-like (n,) of class indices, or (n, n_classes) indicator matrix
-    y_score : array-like (n, n_classes)
+    y_true : array-like of shape (n,) or (n, n_classes)
+        Labels (codes ``0..n_classes-1`` or ``labels``) or a ``{0, 1}`` indicator.
+    y_score : array-like of shape (n, n_classes)
         Probabilities or scores per class.
     labels : sequence, default=None
         Label of each score column for a 1-D ``y_true`` (default ``0..n_classes-1``).
+
+    Returns
+    -------
+    float
+        The mean of :func:`per_class_average_precision` over the classes with
+        a positive in ``y_true``.
+
+    Raises
+    ------
+    ValueError
+        If ``y_score`` is not 2-D or ``y_true`` gives another number of classes.
 
     Examples
     --------
@@ -311,7 +440,7 @@ def mean_average_precision(y_true, y_score, *, labels: Sequence | None = None) -
 
 
 def frequency_groups(
-    counts, *, many: int | float = 100, few: int | float = 20
+    counts: ArrayLike, *, many: int | float = 100, few: int | float = 20
 ) -> dict[str, np.ndarray]:
     """Split classes into head ("many"), medium and tail ("few") groups by frequency.
 
@@ -345,11 +474,47 @@ def frequency_groups(
 
 
 def group_mean_average_precision(
-    y_true, y_score, counts, *, many: int | float = 100, few: int | float = 20
+    y_true: ArrayLike,
+    y_score: ArrayLike,
+    counts: ArrayLike,
+    *,
+    many: int | float = 100,
+    few: int | float = 20,
 ) -> dict[str, float]:
     """mAP per head / medium / tail group and in total (RSKD's Table 3 columns).
 
-    ``counts`` are the *training* frequencies that define the groups.
+    ``counts`` are the *training* frequencies that define the groups (see
+    :func:`frequency_groups`); each group's mAP is the mean of its classes'
+    average precisions (:func:`per_class_average_precision`), leaving out
+    classes without a positive in ``y_true``.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,) or (n_samples, n_classes)
+        Class codes ``0..n_classes-1``, or a ``{0, 1}`` indicator matrix
+        (multi-label).
+    y_score : array-like of shape (n_samples, n_classes)
+        Probabilities or scores per class.
+    counts : array-like of shape (n_classes,)
+        Training samples per class (positives per label for multi-label data).
+    many : int or float, default=100
+        A class with more than ``many`` training samples is head; below 1 it is
+        a fraction of the total count.
+    few : int or float, default=20
+        A class with fewer than ``few`` training samples is tail; below 1 it is
+        a fraction of the total count.
+
+    Returns
+    -------
+    dict of str to float
+        ``{"head": ..., "medium": ..., "tail": ..., "total": ...}``; a group
+        without classes, or whose classes have no positives, is NaN.
+
+    Raises
+    ------
+    ValueError
+        If ``few`` exceeds ``many``, ``y_score`` is not 2-D, or ``y_true`` and
+        ``y_score`` give different numbers of classes.
 
     Examples
     --------
@@ -372,11 +537,32 @@ qwk_scorer = make_scorer(quadratic_weighted_kappa)
 macro_f1_scorer = make_scorer(macro_f1)
 
 
-def map_scorer(estimator, X, y) -> float:
+def map_scorer(estimator: Any, X: Any, y: ArrayLike) -> float:
     """Scorer (``scoring=map_scorer``) of mean average precision from ``predict_proba``.
 
     Uses ``estimator.classes_`` to match the score columns to the labels in ``y``,
     so string labels work (a plain ``make_scorer`` cannot know the column order).
+
+    Parameters
+    ----------
+    estimator : classifier
+        A fitted classifier with ``predict_proba``; its ``classes_`` (when
+        present) label the probability columns.
+    X : array-like or torch.Tensor
+        The samples to score, as ``estimator.predict_proba`` takes them.
+    y : array-like of shape (n_samples,) or (n_samples, n_classes)
+        True labels, or a ``{0, 1}`` indicator matrix in the column order of
+        ``predict_proba``.
+
+    Returns
+    -------
+    float
+        Mean average precision (:func:`mean_average_precision`).
+
+    Raises
+    ------
+    ValueError
+        If the labels give another number of columns than ``predict_proba``.
 
     Examples
     --------

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 from sklearn.model_selection._split import BaseCrossValidator
 from sklearn.utils import check_random_state
@@ -134,12 +135,12 @@ class LeaveClassesOut(BaseCrossValidator):
 
 
 def grouped_train_test_split(
-    *arrays,
-    groups,
-    stratify=None,
+    *arrays: Any,
+    groups: ArrayLike,
+    stratify: ArrayLike | None = None,
     test_size: float = 0.2,
     random_state: int | None = None,
-):
+) -> list:
     """Split arrays so that no group (patient, lesion) is on both sides.
 
     With ``stratify`` the split comes from ``StratifiedGroupKFold`` with
@@ -149,17 +150,29 @@ def grouped_train_test_split(
     Parameters
     ----------
     *arrays : sequence of indexables with the same length
+        Arrays to split (NumPy arrays, tensors, lists, ...), indexed by sample
+        along their first axis; lists are returned as arrays.
     groups : array-like of shape (n_samples,)
         Group of each sample, e.g. HAM10000's ``lesion_id``.
     stratify : array-like of shape (n_samples,), default=None
+        Labels whose class proportions the split keeps as far as groups allow.
     test_size : float, default=0.2
+        Share of the data in the test part, in ``(0, 1)``: the share of groups
+        without ``stratify``, one fold of ``round(1 / test_size)`` with it.
     random_state : int or None, default=None
+        Seed of the split.
 
     Returns
     -------
     list
         ``train, test`` for every array, in order, like
         :func:`sklearn.model_selection.train_test_split`.
+
+    Raises
+    ------
+    ValueError
+        If no array is given, an array and ``groups`` differ in length, or
+        ``test_size`` is not in ``(0, 1)``.
 
     Examples
     --------
@@ -195,12 +208,37 @@ def grouped_train_test_split(
     return out
 
 
-def check_group_leak(groups, train, test) -> None:
+def check_group_leak(groups: ArrayLike, train: ArrayLike, test: ArrayLike) -> None:
     """Raise ``ValueError`` if any group has samples in both ``train`` and ``test``.
+
+    Parameters
+    ----------
+    groups : array-like of shape (n_samples,)
+        Group of each sample (patient, lesion, ...).
+    train : array-like of int or bool
+        Indices of the training samples into ``groups`` (or a boolean mask of
+        shape ``(n_samples,)``), e.g. the first array of a ``split`` pair.
+    test : array-like of int or bool
+        Indices (or a boolean mask) of the test samples.
+
+    Returns
+    -------
+    None
+        Returns quietly when no group is on both sides.
+
+    Raises
+    ------
+    ValueError
+        If a group has samples in both ``train`` and ``test``; the message
+        gives their number and up to three of them.
 
     Examples
     --------
     >>> check_group_leak(["a", "a", "b"], [0, 1], [2])
+    >>> check_group_leak(["a", "a", "b"], [0], [1, 2])
+    Traceback (most recent call last):
+    ...
+    ValueError: 1 group(s) appear on both sides of the split, e.g. ['a'].
     """
     groups = np.asarray(groups)
     shared = np.intersect1d(groups[np.asarray(train)], groups[np.asarray(test)])

@@ -8,7 +8,7 @@ seeded ``torch.Generator`` reproduces it exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -103,8 +103,33 @@ class Augment:
         )
 
 
-def augment(x: torch.Tensor, generator: torch.Generator | None = None, **params) -> torch.Tensor:
-    """Functional form of :class:`Augment`.
+def augment(
+    x: torch.Tensor, generator: torch.Generator | None = None, **params: Any
+) -> torch.Tensor:
+    """Functional form of :class:`Augment`: ``Augment(**params)(x, generator=generator)``.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (N, C, H, W)
+        Image batch, on any device; the output has the same device and dtype.
+    generator : torch.Generator, default=None
+        CPU generator the random transforms are drawn from (``None``: torch's
+        global generator); a seeded one reproduces the batch exactly.
+    **params
+        Parameters of :class:`Augment` (``scale``, ``rotation``, ``hflip``,
+        ``vflip``, ``translate``, ``padding_mode``); the defaults are its own.
+
+    Returns
+    -------
+    torch.Tensor of shape (N, C, H, W)
+        The augmented batch (``x`` itself when ``H`` or ``W`` is below 2).
+
+    Raises
+    ------
+    ValueError
+        If ``x`` is not 4-D, or ``scale`` / ``rotation`` are out of range.
+    TypeError
+        If ``params`` holds a name that is not a parameter of :class:`Augment`.
 
     Examples
     --------
@@ -116,16 +141,39 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None, **params)
     return Augment(**params)(x, generator=generator)
 
 
-def make_augment(augment: Any) -> Augment | None:
+def make_augment(augment: Any) -> Augment | Callable[..., torch.Tensor] | None:
     """Turn an ``augment`` parameter into an :class:`Augment` (or ``None``).
 
     ``False``/``None`` → no augmentation, ``True`` → ``Augment()`` defaults, a dict →
     ``Augment(**dict)``, an ``Augment`` (or any callable ``f(x, generator=)``) as is.
 
+    Parameters
+    ----------
+    augment : bool, dict, Augment, callable or None
+        The value of an estimator's ``augment`` parameter.
+
+    Returns
+    -------
+    Augment, callable or None
+        ``None`` for no augmentation, else what to call on each batch as
+        ``f(x, generator=g)``.
+
+    Raises
+    ------
+    ValueError
+        If ``augment`` is none of the above, or a dict gives a ``scale`` or
+        ``rotation`` out of range.
+    TypeError
+        If a dict holds a key that is not a parameter of :class:`Augment`.
+
     Examples
     --------
     >>> make_augment(True)
     Augment(scale=(1.0, 1.25), rotation=30.0, hflip=True, vflip=True, translate=True)
+    >>> make_augment({"rotation": 10, "vflip": False})
+    Augment(scale=(1.0, 1.25), rotation=10.0, hflip=True, vflip=False, translate=True)
+    >>> make_augment(False) is None
+    True
     """
     if augment is None or augment is False:
         return None

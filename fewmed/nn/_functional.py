@@ -120,6 +120,30 @@ def batch_norm_train(
     (where it has not been measured) and inside ``torch.func`` transforms it is
     that call.
 
+    Parameters
+    ----------
+    x : torch.Tensor of shape (N, C, ...)
+        Input batch; each channel is normalised with its mean and biased
+        variance over the batch and the remaining dimensions.
+    weight : torch.Tensor of shape (C,)
+        Per-channel scale (gamma).
+    bias : torch.Tensor of shape (C,)
+        Per-channel shift (beta).
+    eps : float, default=1e-5
+        Added to the variance before the square root.
+
+    Returns
+    -------
+    torch.Tensor of the shape of ``x``
+        ``weight * (x - mean) / sqrt(var + eps) + bias`` per channel. No running
+        statistics are kept.
+
+    Raises
+    ------
+    RuntimeError
+        When a third derivative is taken (a backward with ``create_graph=True``
+        through the second derivative), on the CPU path.
+
     Examples
     --------
     >>> import torch
@@ -135,12 +159,29 @@ def batch_norm_train(
 
 
 def max_pool2d_gather(
-    x: torch.Tensor, kernel_size: int | tuple[int, int], stride=None
+    x: torch.Tensor,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """``F.max_pool2d(x, kernel_size, stride)``, faster on CPU, with identical derivatives.
 
     For contiguous (NCHW) CPU tensors; anything else (channels-last, other devices,
     ``torch.func`` transforms) goes to ``F.max_pool2d`` itself.
+
+    Parameters
+    ----------
+    x : torch.Tensor of shape (N, C, H, W)
+        Input batch.
+    kernel_size : int or (int, int)
+        Size of the pooling window.
+    stride : int or (int, int), default=None
+        Step of the window; ``None`` is ``kernel_size`` (as in ``F.max_pool2d``).
+
+    Returns
+    -------
+    torch.Tensor of shape (N, C, H_out, W_out)
+        The window maxima, ``H_out = (H - kernel_h) // stride_h + 1`` (likewise
+        ``W_out``), equal to ``F.max_pool2d(x, kernel_size, stride)``.
 
     Examples
     --------
