@@ -344,11 +344,41 @@ class ThreadSchedule(Callback):
             torch.set_num_threads(self.previous_)
 
 
-def fit_teacher(params: dict, X: np.ndarray, y: np.ndarray, plan=((0.0, 1),)):
+def fit_teacher(
+    params: dict,
+    X: np.ndarray,
+    y: np.ndarray,
+    plan: Sequence[tuple[float, int]] = ((0.0, 1),),
+) -> Any:
     """Fit one teacher (a ``kd=None`` distiller), its torch threads following ``plan``.
 
-    ``plan`` is the teacher's :func:`thread_plan` entry; a :class:`ThreadSchedule`
-    callback applies it during ``fit`` and is removed from the fitted teacher.
+    Parameters
+    ----------
+    params : dict
+        Keyword arguments of :class:`~fewmed.RelationalSubsetsDistiller` for the
+        teacher (``kd=None``: plain training on its subset).
+    X : ndarray of shape (n, C, H, W) or (n, H, W, C)
+        The teacher's images (its subset's samples and its "other" share).
+    y : ndarray of shape (n,) or (n, n_labels)
+        Their targets (:func:`teacher_datasets`).
+    plan : sequence of (float, int), default=((0.0, 1),)
+        The teacher's :func:`thread_plan` entry, ``[(fraction of the epochs done,
+        torch threads), ...]``; a :class:`ThreadSchedule` callback applies it
+        during ``fit`` and is removed from the fitted teacher. The caller's torch
+        thread count is restored afterwards.
+
+    Returns
+    -------
+    RelationalSubsetsDistiller
+        The fitted teacher.
+
+    Examples
+    --------
+    >>> rng = np.random.RandomState(0)
+    >>> X, y = rng.rand(24, 3, 8, 8).astype("float32"), np.repeat([0, 1], 12)
+    >>> params = dict(kd=None, n_filters=4, max_epochs=1, verbose=0, random_state=0)
+    >>> fit_teacher(params, X, y).classes_.tolist()
+    [0, 1]
     """
     from fewmed.longtail._rskd import RelationalSubsetsDistiller  # a teacher is a distiller
 
@@ -372,22 +402,44 @@ def fit_teachers(
     n_jobs: int | None = None,
     memory: Any = None,
 ) -> dict[str, Any]:
-    """Fit the teachers of ``jobs`` (``(name, params, X, y, columns)``), in parallel.
+    """Fit the teachers of ``jobs`` in parallel, on the active joblib backend.
 
-    ``fit(params, X, y, plan)`` (default: :func:`fit_teacher`) fits one teacher
-    following ``plan``, its :func:`thread_plan` entry (``[(fraction done, torch
-    threads), ...]``): the jobs run longest first in ``n_jobs`` workers of the
-    active joblib backend (loky processes unless a :func:`joblib.parallel_config`
-    chooses dask, ray, ...) with one torch thread each, and when the queue is empty the cores of
-    finished workers go to the teachers still training (the work of a job is its
-    number of samples). They run through ``memory`` (a path or
-    :class:`joblib.Memory`) when given. Each fitted teacher gets
-    ``subset_columns_`` (its job's ``columns``).
+    The jobs run longest first in ``n_jobs`` workers of the active joblib
+    backend (loky processes unless a :func:`joblib.parallel_config` chooses
+    dask, ray, ...) with one torch thread each, and when the queue is empty the
+    cores of finished workers go to the teachers still training (the work of a
+    job is its number of samples; :func:`thread_plan`).
+
+    Parameters
+    ----------
+    jobs : sequence of tuple
+        One ``(name, params, X, y, columns)`` per teacher: ``params``, ``X`` and
+        ``y`` as :func:`fit_teacher` takes them, ``columns`` the student's
+        classes its outputs stand for (or ``None``).
+    fit : callable or None, default=None
+        ``fit(params, X, y, plan)`` fits one teacher following ``plan``, its
+        :func:`thread_plan` entry (``[(fraction done, torch threads), ...]``);
+        ``None``: :func:`fit_teacher`.
+    n_jobs : int or None, default=None
+        Workers (joblib's convention: ``None`` 1 unless a ``parallel_config``
+        says otherwise, ``-1`` all cores).
+    memory : str, path or joblib.Memory, default=None
+        Cache of fitted teachers: a refit with the same jobs loads them.
 
     Returns
     -------
     dict
-        Name -> fitted teacher, in the order of ``jobs``.
+        Name -> fitted teacher, in the order of ``jobs``; each fitted teacher gets
+        ``subset_columns_`` (its job's ``columns``).
+
+    Examples
+    --------
+    >>> rng = np.random.RandomState(0)
+    >>> X, y = rng.rand(24, 3, 8, 8).astype("float32"), np.repeat([0, 1], 12)
+    >>> params = dict(kd=None, n_filters=4, max_epochs=1, verbose=0, random_state=0)
+    >>> teachers = fit_teachers([("a", params, X, y, None), ("b", params, X, y, None)])
+    >>> list(teachers), teachers["a"].subset_columns_ is None
+    (['a', 'b'], True)
     """
     fit = fit_teacher if fit is None else fit
     if memory is not None:
