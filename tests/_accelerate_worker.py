@@ -4,7 +4,8 @@
 ``WORLD_SIZE`` / ``LOCAL_RANK`` set as ``torchrun`` sets them: the process group meets
 through a file (no network), then ``Accelerator`` finds it initialised and uses it.
 ``rskd`` (the default) fits RSKD's student; ``finetune`` runs the fine-tuning path
-(``fine_tune`` / ``pretrain`` with ``accelerator=``) on ``OUTDIR/module.pt``.
+(``fine_tune`` / ``pretrain`` with ``accelerator=``), the first fit on the network and
+data of ``OUTDIR/plain.pt``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ def _state(module):
 def finetune(out, d, acc):
     """Three fits: full data without validation (against one process in the test),
     early stopping on a hold-out (seeded), and ``pretrain`` with ``random_state=None``."""
-    module = torch.load(os.path.join(out, "module.pt"), weights_only=False)
+    module, X, y = torch.load(os.path.join(out, "plain.pt"), weights_only=False)
     plain = fine_tune(
-        module, d.images, d.target, accelerator=acc, batch_size=8, max_epochs=3, random_state=0
+        module, X, y, accelerator=acc, batch_size=8, lr=0.03, max_epochs=15, random_state=0
     )
     held_out = dict(accelerator=acc, n_filters=4, validation_fraction=0.25)
     stopped = fine_tune(
@@ -51,7 +52,8 @@ def finetune(out, d, acc):
         "plain": _state(plain.module_),
         "plain_type": type(plain.module_).__name__,
         "plain_loss": list(plain.history[:, "train_loss"]),
-        "plain_proba": plain.predict_proba(d.images),
+        "plain_proba": plain.predict_proba(X),
+        "plain_pred": plain.predict(X),
         "stopped": _state(stopped.module_),
         "stopped_valid_loss": list(stopped.history[:, "valid_loss"]),
         "stopped_best": dict(stopped.callbacks_)["early_stopping"].best_epoch_,

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import colour_classes
 
 accelerate = pytest.importorskip("accelerate")
 
 from fewmed import CDCClassifier, RelationalSubsetsDistiller  # noqa: E402
-from fewmed._finetune import fine_tune, remove_batchnorm  # noqa: E402
+from fewmed._finetune import fine_tune  # noqa: E402
 from fewmed._validation import seeded_torch  # noqa: E402
 from fewmed.accelerate import (  # noqa: E402
     AcceleratedCDCClassifier,
@@ -96,29 +97,33 @@ def test_two_processes_share_every_epoch(tmp_path):
     np.testing.assert_array_equal(r0["proba"], r1["proba"])
 
 
-@pytest.mark.slow
-def test_fine_tuning_path_on_two_processes(tmp_path, data):
-    """``fine_tune`` / ``pretrain(accelerator=)`` on 2 gloo processes: with 8 images per
+def test_fine_tuning_path_on_two_processes(tmp_path):
+    """``fine_tune`` / ``pretrain(accelerator=)`` on 2 gloo processes. With 8 images per
     process and batch, DistributedDataParallel's mean of the two halves' gradients is
     one process's gradient on 16 (the same shuffle: accelerate syncs the loader's
     generator), so a network without BatchNorm trains to one process's weights;
     validation and early stopping agree on both processes (``random_state=None`` too)."""
-    X, y = data
-    with seeded_torch(0):
-        module = remove_batchnorm(Conv4(n_classes=3, n_filters=4))
-    torch.save(module, tmp_path / "module.pt")
+    with seeded_torch(0):  # a small convolutional network without BatchNorm
+        module = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(8, 3),
+        )
+    Xc, yc = colour_classes({"nv": 16, "mel": 16, "df": 16})  # learnable in a few steps
+    torch.save((module, Xc, yc), tmp_path / "plain.pt")
     r0, r1 = _launch(tmp_path, "finetune", 29556)
-    assert r0["num_processes"] == 2 and r0["plain_type"] == "Conv4"  # unwrapped
-    one = fine_tune(module, X, y, batch_size=16, max_epochs=3, random_state=0)
+    assert r0["num_processes"] == 2 and r0["plain_type"] == "Sequential"  # unwrapped
+    one = fine_tune(module, Xc, yc, batch_size=16, lr=0.03, max_epochs=15, random_state=0)
     for k, v in one.module_.state_dict().items():
-        moved = (v - module.state_dict()[k]).abs().max()
-        assert moved > 1e-3, k  # it trained
+        assert (v - module.state_dict()[k]).abs().max() > 1e-2, k  # it trained
         torch.testing.assert_close(r0["plain"][k], v, rtol=0, atol=1e-5)
-    assert r0["plain_loss"][-1] < r0["plain_loss"][0]
-    np.testing.assert_allclose(r0["plain_proba"], one.predict_proba(X), atol=1e-5)
+    np.testing.assert_allclose(r0["plain_proba"], one.predict_proba(Xc), atol=1e-5)
+    assert r0["plain_loss"][-1] < 0.7 < np.log(3) < r0["plain_loss"][0]  # it learned
+    assert np.mean(r0["plain_pred"] == yc) > 0.9  # chance: 1/3
     for r in (r0, r1):  # early stopping restored the best epoch's weights on both
         assert r["stopped_best"] < len(r["stopped_valid_loss"])
-        assert r["stopped_best"] == 1 + int(np.argmin(r["stopped_valid_loss"]))
     assert r0["stopped_valid_loss"] == r1["stopped_valid_loss"]
     assert r0["pretrained_valid_loss"] == r1["pretrained_valid_loss"]
     for key in ("plain", "stopped", "pretrained"):
