@@ -120,7 +120,7 @@ def test_fine_tuning_path_on_two_processes(tmp_path):
         assert (v - module.state_dict()[k]).abs().max() > 1e-2, k  # it trained
         torch.testing.assert_close(r0["plain"][k], v, rtol=0, atol=1e-5)
     np.testing.assert_allclose(r0["plain_proba"], one.predict_proba(Xc), atol=1e-5)
-    assert r0["plain_loss"][-1] < 0.7 < np.log(3) < r0["plain_loss"][0]  # it learned
+    assert r0["plain_loss"][-1] < 0.5 * r0["plain_loss"][0] < np.log(3)  # it learned
     assert np.mean(r0["plain_pred"] == yc) > 0.9  # chance: 1/3
     for r in (r0, r1):  # early stopping restored the best epoch's weights on both
         assert r["stopped_best"] < len(r["stopped_valid_loss"])
