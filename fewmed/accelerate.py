@@ -41,8 +41,6 @@ from numbers import Integral
 from typing import Any
 
 import torch
-from accelerate.data_loader import prepare_data_loader
-from accelerate.utils import broadcast_object_list
 from skorch.callbacks import EarlyStopping, LRScheduler
 from skorch.hf import AccelerateMixin
 from torch import nn
@@ -110,6 +108,8 @@ class AccelerateFitMixin(AccelerateMixin):
         on every process (on the accelerator's device)."""
         if training:
             return super().get_iterator(dataset, training=True)
+        from accelerate.data_loader import prepare_data_loader  # the optional extra
+
         loader = super(AccelerateMixin, self).get_iterator(dataset, training=False)
         acc = self.accelerator
         return prepare_data_loader(
@@ -238,6 +238,8 @@ def _shared_seed(accelerator: Any, random_state: Any) -> Any:
         isinstance(random_state, Integral) and not isinstance(random_state, bool)
     ):
         return random_state
+    from accelerate.utils import broadcast_object_list  # the optional extra
+
     seed = [seed_int(random_state)]
     broadcast_object_list(seed, from_process=0)
     return seed[0]
