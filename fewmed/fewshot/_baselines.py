@@ -212,8 +212,9 @@ class FeatureFewShotClassifier(FewShotMixin):
     n_score_tasks : int, default=100
     n_jobs : int or None, default=None
         Workers of ``score`` / ``episode_scores``' evaluation episodes, on the
-        active ``joblib.parallel_config`` backend (``None``: 1, ``-1``: every
-        core); the scores equal the serial ones.
+        active ``joblib.parallel_config`` backend (``None``: 1, ``-1``: every core;
+        0 or a float raise ``InvalidParameterError``, a ``ValueError``); the scores
+        equal the serial ones.
     random_state : int or None, default=None
 
     Examples
@@ -321,8 +322,9 @@ class FineTuneClassifier(FewShotMixin):
         Task shape used by ``score``.
     n_jobs : int or None, default=None
         Workers of ``score`` / ``episode_scores``' evaluation episodes, on the
-        active ``joblib.parallel_config`` backend (``None``: 1, ``-1``: every
-        core); the scores equal the serial ones.
+        active ``joblib.parallel_config`` backend (``None``: 1, ``-1``: every core;
+        0 or a float raise ``InvalidParameterError``, a ``ValueError``); the scores
+        equal the serial ones.
     device : str, default="cpu"
     random_state : int or None, default=None
     verbose : int, default=0

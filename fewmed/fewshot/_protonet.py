@@ -210,9 +210,10 @@ class ProtoNetClassifier(MetaNetAttributes, BaseMetaLearner):
         Episodes drawn by ``score``.
     n_jobs : int or None, default=None
         Workers of ``score`` / ``episode_scores``' evaluation episodes, on the
-        active ``joblib.parallel_config`` backend (``None``: 1, ``-1``: every
-        core); the scores equal the serial ones. Meta-training does not use it:
-        it scales with ``torchrun`` (:mod:`fewmed.distributed`).
+        active ``joblib.parallel_config`` backend (``None``: 1, ``-1``: every core;
+        0 or a float raise ``InvalidParameterError``, a ``ValueError``); the scores
+        equal the serial ones. Meta-training does not use it: it scales with
+        ``torchrun`` (:mod:`fewmed.distributed`).
     iterations_per_epoch : int, default=100
         Updates per skorch "epoch": one row of ``meta_net_.history`` and one
         chance for epoch callbacks (``EarlyStopping``, ``Checkpoint``) to act.
