@@ -176,6 +176,7 @@ def fine_tune(
     channels_last: bool = False,
     checkpoint: Checkpoint | None = None,
     device: Any = "cpu",
+    accelerator: Any = None,
     random_state: int | None = None,
     verbose: int = 0,
 ) -> SupervisedNet:
@@ -214,9 +215,13 @@ def fine_tune(
     checkpoint : skorch.callbacks.Checkpoint or None, default=None
         Added to the callbacks (e.g. ``Checkpoint(monitor="valid_loss_best")``).
     device : str, default="cpu"
-        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        ``"cpu"``, ``"cuda"`` or ``"auto"``; unused with an ``accelerator``.
+    accelerator : accelerate.Accelerator or None, default=None
+        Train a :class:`fewmed.accelerate.AcceleratedSupervisedNet` through it:
+        data-parallel under ``torchrun`` (``batch_size`` per process), mixed precision.
     random_state : int or None, default=None
-        Seeds the net (initialisation, loader, augmentation) and the hold-out.
+        Seeds the net (initialisation, loader, augmentation) and the hold-out
+        (``None`` with several processes: process 0's draw).
     verbose : int, default=0
 
     Returns
@@ -235,6 +240,12 @@ def fine_tune(
     >>> "valid_qwk" in net.history[-1], "early_stopping" in dict(net.callbacks_)
     (True, True)
     """
+    net_class, placement = SupervisedNet, {"device": str(resolve_device(device))}
+    if accelerator is not None:  # data-parallel / mixed precision (docs/scaling.md)
+        from fewmed.accelerate import AcceleratedSupervisedNet, _shared_seed
+
+        net_class, placement = AcceleratedSupervisedNet, {"accelerator": accelerator}
+        random_state, placement["device"] = _shared_seed(accelerator, random_state), None
     y = np.asarray(y)
     labels = y if y_val is None else np.concatenate([y, np.asarray(y_val)])
     classes = np.unique(labels)
@@ -252,7 +263,7 @@ def fine_tune(
         callbacks.append(("early_stopping", stop))
     if checkpoint is not None:
         callbacks.append(("checkpoint", checkpoint))
-    net = SupervisedNet(
+    net = net_class(
         module,
         n_filters=n_filters,
         channels_last=channels_last,
@@ -264,9 +275,9 @@ def fine_tune(
         train_split=split,
         callbacks=callbacks,
         augment=augment,
-        device=str(resolve_device(device)),
         random_state=random_state,
         verbose=verbose,
+        **placement,
     )
     return net.fit(X, y)
 
@@ -282,7 +293,7 @@ def pretrain(module: Any, X: Any, y: Any, **kwargs: Any) -> tuple[nn.Module, His
     y : array-like of shape (n,)
     **kwargs
         :func:`fine_tune`'s keyword arguments (``max_epochs``, ``lr``,
-        ``validation_fraction`` for early stopping, ...).
+        ``validation_fraction`` for early stopping, ``accelerator``, ...).
 
     Returns
     -------

@@ -10,20 +10,47 @@ where the user's setting sends them (``docs/scaling.md``).
 :func:`episode_outputs` is the evaluation of few-shot episodes: the episodes are
 cut into ``n_jobs`` contiguous chunks and each chunk adapts its own copy of the
 fitted estimator, so the outputs equal the serial loop's (the adaptation of an
-episode does not depend on the episodes before it).
+episode does not depend on the episodes before it). :data:`N_JOBS_CONSTRAINT` is
+the constraint of every ``n_jobs`` parameter (joblib's values: a positive int,
+``-1`` for every core, ``-2`` for all but one, ..., or ``None``).
 """
 
 from __future__ import annotations
 
 import pickle
 from collections.abc import Sequence
+from numbers import Integral
 from typing import Any
 
 import numpy as np
 import torch
 from joblib import Parallel, delayed, effective_n_jobs
+from sklearn.utils._param_validation import Interval, validate_parameter_constraints
 
-__all__ = ["episode_outputs", "n_workers", "parallel"]
+__all__ = ["N_JOBS_CONSTRAINT", "check_n_jobs", "episode_outputs", "n_workers", "parallel"]
+
+#: ``n_jobs``: joblib's values (0 and non-integers are refused).
+N_JOBS_CONSTRAINT: list = [
+    Interval(Integral, 1, None, closed="left"),
+    Interval(Integral, None, -1, closed="right"),
+    None,
+]
+
+
+def check_n_jobs(n_jobs: int | None, caller: str) -> None:
+    """Refuse an ``n_jobs`` joblib cannot take (scikit-learn's ``InvalidParameterError``).
+
+    Examples
+    --------
+    >>> check_n_jobs(-1, "f")
+    >>> check_n_jobs(0, "f")
+    Traceback (most recent call last):
+    ...
+    sklearn.utils._param_validation.InvalidParameterError: The 'n_jobs' parameter of f must be ...
+    """
+    validate_parameter_constraints(
+        {"n_jobs": N_JOBS_CONSTRAINT}, {"n_jobs": n_jobs}, caller_name=caller
+    )
 
 
 def n_workers(n_jobs: int | None, n_tasks: int) -> int:
@@ -85,13 +112,15 @@ def episode_outputs(est, X: np.ndarray, episodes: Sequence, n_jobs: int | None =
     n_jobs : int or None, default=None
         Workers of the active joblib backend (``None``: 1 unless a
         ``parallel_config`` says otherwise, ``-1``: all). With more than one,
-        each worker runs one torch thread.
+        each worker runs one torch thread. ``0`` or a non-integer raises
+        scikit-learn's ``InvalidParameterError`` (a ``ValueError``).
 
     Returns
     -------
     list of (ndarray, ndarray)
         In the order of ``episodes``.
     """
+    check_n_jobs(n_jobs, type(est).__name__)
     episodes = list(episodes)
     k = n_workers(n_jobs, len(episodes))
     if k == 1:  # in this process, on the estimator itself, left as it was

@@ -12,9 +12,15 @@ data (``ImageNetClassifier.check_data``), after skorch's ``initialize`` has run;
 :class:`AccelerateFitMixin` hands those real modules, criteria and optimizer to
 the accelerator when they are built, and keeps fewmed's training step
 (augmentation, the loss terms in the history) with the accelerator's
-``autocast`` and ``backward``. Classes ready to use:
+``autocast`` and ``backward``. Only training is split: validation and prediction
+run whole on every process (the same network and data give every process the same
+scores, so ``EarlyStopping`` stops them all at the same epoch), and the best
+weights ``EarlyStopping(load_best=True)`` kept are restored into the unwrapped
+network. Classes ready to use:
 :class:`AcceleratedRelationalSubsetsDistiller` (data-parallel over processes; its
-teachers train as usual, on joblib workers: see ``docs/scaling.md``) and
+teachers train as usual, on joblib workers: see ``docs/scaling.md``),
+:class:`AcceleratedSupervisedNet` (the fine-tuning path, data-parallel:
+``fewmed._finetune.fine_tune`` / ``pretrain`` with ``accelerator=``) and
 :class:`AcceleratedCDCClassifier` (one process: mixed precision only).
 
 ``device`` must be ``None`` (the accelerator places the data and modules).
@@ -31,19 +37,24 @@ A script ``train.py`` launched with ``torchrun --nproc-per-node 2 train.py``::
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any
 
 import torch
-from skorch.callbacks import LRScheduler
+from skorch.callbacks import EarlyStopping, LRScheduler
 from skorch.hf import AccelerateMixin
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
+from fewmed._finetune import SupervisedNet
+from fewmed._validation import seed_int
 from fewmed.longtail import CDCClassifier, RelationalSubsetsDistiller
 
 __all__ = [
     "AccelerateFitMixin",
     "AcceleratedCDCClassifier",
     "AcceleratedRelationalSubsetsDistiller",
+    "AcceleratedSupervisedNet",
 ]
 
 
@@ -90,6 +101,32 @@ class AccelerateFitMixin(AccelerateMixin):
             if isinstance(cb, LRScheduler):
                 cb.policy_ = self.accelerator.prepare(cb.policy_)
         self._wrapped_with_accelerator = True
+        return self
+
+    def get_iterator(self, dataset, training: bool = False):
+        """Training batches split over the processes; validation and prediction whole
+        on every process (on the accelerator's device)."""
+        if training:
+            return super().get_iterator(dataset, training=True)
+        from accelerate.data_loader import prepare_data_loader  # the optional extra
+
+        loader = super(AccelerateMixin, self).get_iterator(dataset, training=False)
+        acc = self.accelerator
+        return prepare_data_loader(
+            loader, acc.device, num_processes=1, process_index=0, put_on_device=acc.device_placement
+        )
+
+    def evaluation_step(self, batch, training: bool = False):
+        # every process predicted the whole data: nothing to gather
+        return super(AccelerateMixin, self).evaluation_step(batch, training=training)
+
+    def on_train_end(self, net, X=None, y=None, **kwargs):
+        super().on_train_end(net, X=X, y=y, **kwargs)  # unwraps the modules
+        if not self._wrapped_with_accelerator:  # EarlyStopping kept the wrapper's keys
+            for _, cb in self.callbacks_:
+                weights = getattr(cb, "best_model_weights_", None)
+                if isinstance(cb, EarlyStopping) and weights is not None:
+                    consume_prefix_in_state_dict_if_present(weights, "module.")
         return self
 
     def train_step_single(self, batch, **fit_params):
@@ -162,3 +199,47 @@ class AcceleratedRelationalSubsetsDistiller(AccelerateFitMixin, RelationalSubset
     >>> clf.fit(d.images, d.target).predict(d.images[:3]).shape
     (3,)
     """
+
+
+class AcceleratedSupervisedNet(AccelerateFitMixin, SupervisedNet):
+    """The fine-tuning path's :class:`~fewmed._finetune.SupervisedNet`, data-parallel.
+
+    Launched with ``torchrun`` or ``accelerate launch``, every process trains on its
+    share of each epoch's batches and ``DistributedDataParallel`` averages the
+    gradients: ``batch_size`` is per process. Validation (a ``train_split``,
+    ``EarlyStopping``) runs whole on every process, so all stop at the same epoch.
+    :func:`fewmed._finetune.fine_tune` and :func:`~fewmed._finetune.pretrain` build
+    one when given ``accelerator=``.
+
+    Parameters
+    ----------
+    module : str, nn.Module class or instance, default="conv4"
+        As in :class:`~fewmed._finetune.SupervisedNet`.
+    accelerator : accelerate.Accelerator
+        Decides the processes, devices and mixed precision.
+    **kwargs
+        :class:`~fewmed._finetune.SupervisedNet`'s parameters; ``device`` must be ``None``.
+
+    Examples
+    --------
+    >>> from accelerate import Accelerator
+    >>> from fewmed.datasets import make_synthetic_lesions
+    >>> d = make_synthetic_lesions(n_classes=3, n_per_class=10, size=16, random_state=0)
+    >>> net = AcceleratedSupervisedNet("conv4", accelerator=Accelerator(cpu=True), device=None,
+    ...                                n_filters=4, max_epochs=1, random_state=0)
+    >>> net.fit(d.images, d.target).predict(d.images[:3]).shape
+    (3,)
+    """
+
+
+def _shared_seed(accelerator: Any, random_state: Any) -> Any:
+    """``random_state`` as every process's seed: process 0's draw unless it is an int."""
+    if accelerator.num_processes == 1 or (
+        isinstance(random_state, Integral) and not isinstance(random_state, bool)
+    ):
+        return random_state
+    from accelerate.utils import broadcast_object_list  # the optional extra
+
+    seed = [seed_int(random_state)]
+    broadcast_object_list(seed, from_process=0)
+    return seed[0]

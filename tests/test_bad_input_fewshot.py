@@ -76,6 +76,8 @@ FIT_CASES = [
     ),
     ("module=int", lambda: proto(module=3).fit(X, Y), ValueError, "'module'"),
     ("augment=str", lambda: proto(augment="yes").fit(X, Y), ValueError, "'augment'"),
+    ("n_jobs=0", lambda: proto(n_jobs=0).fit(X, Y), ValueError, r"'n_jobs'.*range \[1"),
+    ("n_jobs=float", lambda: proto(n_jobs=2.0).fit(X, Y), ValueError, r"'n_jobs'.*or None"),
     ("device=int", lambda: proto(device=3).fit(X, Y), ValueError, "'device'"),
     ("device=gpu", lambda: proto(device="gpu").fit(X, Y), ValueError, r"device.*'cpu'"),
     ("random_state=str", lambda: proto(random_state="0").fit(X, Y), ValueError, "'random_state'"),

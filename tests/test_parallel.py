@@ -8,15 +8,25 @@ pool run on a ``dask.distributed.LocalCluster`` bound to 127.0.0.1.
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 
 import numpy as np
 import pytest
 import torch
 from joblib import parallel_config
+from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 
-from fewmed import DAMLClassifier, ProtoNetClassifier, RelationalSubsetsDistiller
+from fewmed import (
+    ConvFeatureExtractor,
+    DAMLClassifier,
+    FeatureFewShotClassifier,
+    FineTuneClassifier,
+    ProtoNetClassifier,
+    RelationalSubsetsDistiller,
+    ReptileInitializer,
+)
 from fewmed.longtail._teachers import fit_teachers
 from fewmed.model_selection import LeaveClassesOut
 
@@ -50,12 +60,52 @@ def test_daml_parallel_episode_scores_equal_serial(lesions):
 def test_score_uses_the_estimators_n_jobs(tiny):
     X, y, est = tiny
     serial = est.score(X, y)
-    est.n_jobs = 2  # an estimator with an n_jobs parameter spreads score's episodes
+    est.set_params(n_jobs=2)  # the estimator's n_jobs spreads score's episodes
     try:
         with parallel_config("threading"):
             assert est.score(X, y) == serial
     finally:
-        del est.n_jobs
+        est.set_params(n_jobs=None)
+
+
+_SCORED = dict(n_way=2, n_shot=2, n_query=3, n_score_tasks=6, random_state=0)
+_META = dict(**_SCORED, n_filters=4, n_iterations=2, verbose=0)
+
+
+@pytest.mark.parametrize(
+    "estimator",
+    [
+        DAMLClassifier(**_META, n_inner_steps=1, n_adapt_steps=2, augment=False),
+        ProtoNetClassifier(**_META, augment=False),
+        ReptileInitializer(**_META, n_train_shot=2, n_inner_steps=1, n_adapt_steps=2),
+        FineTuneClassifier(**_SCORED, n_filters=4, max_epochs=1, n_adapt_steps=2),
+        FeatureFewShotClassifier(
+            ConvFeatureExtractor(n_filters=4, max_epochs=1, random_state=0), **_SCORED
+        ),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_n_jobs_parameter_of_every_few_shot_estimator(lesions, estimator):
+    """``n_jobs=2`` scores equal ``n_jobs=1``'s on joblib's default backend (loky
+    processes); 0 or a float is refused, at fit and at score; clone and pickle keep it."""
+    X, y = lesions
+    common = y < 4
+    Xr, yr = X[~common], y[~common]
+    bad = r"'n_jobs' parameter of \w+ must be an int in the range \[1, inf\)"
+    with pytest.raises(ValueError, match=bad):
+        clone(estimator).set_params(n_jobs=0).fit(X[common], y[common])
+    est = clone(estimator).set_params(n_jobs=1).fit(X[common], y[common])
+    serial = est.score(Xr, yr)
+    assert 0.0 <= serial <= 1.0
+    est.set_params(n_jobs=2)
+    assert est.score(Xr, yr) == serial  # to the digit
+    np.testing.assert_array_equal(
+        est.episode_scores(Xr, yr, n_tasks=4), est.episode_scores(Xr, yr, n_tasks=4, n_jobs=1)
+    )
+    assert clone(est).n_jobs == 2 and pickle.loads(pickle.dumps(est)).n_jobs == 2
+    for value in (0, 1.5):
+        with pytest.raises(ValueError, match=bad):
+            est.set_params(n_jobs=value).score(Xr, yr)
 
 
 def _where(params, X, y, plan):

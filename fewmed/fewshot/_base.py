@@ -31,7 +31,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
 
-from fewmed._parallel import episode_outputs
+from fewmed._parallel import N_JOBS_CONSTRAINT, episode_outputs
 from fewmed._validation import (
     AUGMENT_CONSTRAINT,
     DEVICE_CONSTRAINT,
@@ -59,6 +59,7 @@ META_CONSTRAINTS: dict = {
     "meta_batch_size": [Interval(Integral, 1, None, closed="left")],
     "n_iterations": [Interval(Integral, 0, None, closed="left")],
     "n_score_tasks": [Interval(Integral, 1, None, closed="left")],
+    "n_jobs": N_JOBS_CONSTRAINT,
     "iterations_per_epoch": [Interval(Integral, 1, None, closed="left")],
     "n_valid_tasks": [Interval(Integral, 1, None, closed="left")],
     "callbacks": [list, None],
@@ -254,7 +255,7 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
         two estimators scored with the same arguments see the same tasks, and
         :func:`fewmed.metrics.paired_confidence_interval` compares them task by
         task. ``n_jobs`` spreads the tasks over workers of the active joblib backend
-        (``None``: the estimator's ``n_jobs`` if it has one; see
+        (``None``: the estimator's ``n_jobs``; see
         :func:`fewmed._parallel.episode_outputs`): the scores equal the serial ones.
 
         Returns
@@ -306,7 +307,7 @@ class FewShotMixin(ClassifierMixin, BaseEstimator):
 
         ``X, y`` hold classes unseen in ``fit`` (a class-disjoint split), so
         ``GridSearchCV(..., cv=LeaveClassesOut(...))`` selects what generalises to
-        new diseases.
+        new diseases. The episodes run on the estimator's ``n_jobs`` workers.
         """
         if sample_weight is not None:
             raise ValueError("score does not support sample_weight (it averages over tasks).")

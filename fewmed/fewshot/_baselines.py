@@ -29,6 +29,7 @@ from sklearn.utils.validation import check_is_fitted
 from skorch.history import History
 
 from fewmed._finetune import pretrain, train_steps, transfer
+from fewmed._parallel import N_JOBS_CONSTRAINT
 from fewmed._validation import (
     AUGMENT_CONSTRAINT,
     DEVICE_CONSTRAINT,
@@ -56,12 +57,13 @@ _PRETRAIN_CONSTRAINTS: dict = {
     "random_state": ["random_state"],
     "verbose": ["verbose"],
 }
-#: The task shape of ``score``.
+#: The task shape of ``score`` and its workers.
 _TASK_CONSTRAINTS: dict = {
     "n_way": [Interval(Integral, 2, None, closed="left")],
     "n_shot": [_positive],
     "n_query": [_positive],
     "n_score_tasks": [_positive],
+    "n_jobs": N_JOBS_CONSTRAINT,
 }
 
 
@@ -208,6 +210,11 @@ class FeatureFewShotClassifier(FewShotMixin):
     n_way, n_shot, n_query : int, default=2, 5, 15
         Task shape used by ``score``.
     n_score_tasks : int, default=100
+    n_jobs : int or None, default=None
+        Workers of ``score`` / ``episode_scores``' evaluation episodes, on the
+        active ``joblib.parallel_config`` backend (``None``: 1, ``-1``: every core;
+        0 or a float raise ``InvalidParameterError``, a ``ValueError``); the scores
+        equal the serial ones.
     random_state : int or None, default=None
 
     Examples
@@ -239,6 +246,7 @@ class FeatureFewShotClassifier(FewShotMixin):
         n_shot=5,
         n_query=15,
         n_score_tasks=100,
+        n_jobs=None,
         random_state=None,
     ):
         self.features = features
@@ -247,6 +255,7 @@ class FeatureFewShotClassifier(FewShotMixin):
         self.n_shot = n_shot
         self.n_query = n_query
         self.n_score_tasks = n_score_tasks
+        self.n_jobs = n_jobs
         self.random_state = random_state
 
     def _fit(self, Xt: np.ndarray, y: np.ndarray) -> None:
@@ -311,6 +320,11 @@ class FineTuneClassifier(FewShotMixin):
     n_adapt_steps : int, default=30
     n_way, n_shot, n_query, n_score_tasks : int
         Task shape used by ``score``.
+    n_jobs : int or None, default=None
+        Workers of ``score`` / ``episode_scores``' evaluation episodes, on the
+        active ``joblib.parallel_config`` backend (``None``: 1, ``-1``: every core;
+        0 or a float raise ``InvalidParameterError``, a ``ValueError``); the scores
+        equal the serial ones.
     device : str, default="cpu"
     random_state : int or None, default=None
     verbose : int, default=0
@@ -359,6 +373,7 @@ class FineTuneClassifier(FewShotMixin):
         n_shot=5,
         n_query=15,
         n_score_tasks=100,
+        n_jobs=None,
         device="cpu",
         random_state=None,
         verbose=0,
@@ -376,6 +391,7 @@ class FineTuneClassifier(FewShotMixin):
         self.n_shot = n_shot
         self.n_query = n_query
         self.n_score_tasks = n_score_tasks
+        self.n_jobs = n_jobs
         self.device = device
         self.random_state = random_state
         self.verbose = verbose

@@ -275,6 +275,12 @@ class DAMLClassifier(MetaNetAttributes, BaseMetaLearner):
         inner-loop`` times them.
     n_score_tasks : int, default=100
         Episodes drawn by ``score``.
+    n_jobs : int or None, default=None
+        Workers of ``score`` / ``episode_scores``' evaluation episodes, on the
+        active ``joblib.parallel_config`` backend (``None``: 1, ``-1``: every core;
+        0 or a float raise ``InvalidParameterError``, a ``ValueError``); the scores
+        equal the serial ones. Meta-training does not use it: it scales with
+        ``torchrun`` (:mod:`fewmed.distributed`).
     iterations_per_epoch : int, default=100
         Meta-updates per skorch "epoch": one row of ``meta_net_.history`` (timing,
         ``train_loss``, validation) and one chance for epoch callbacks
@@ -385,6 +391,7 @@ class DAMLClassifier(MetaNetAttributes, BaseMetaLearner):
         augment=True,
         backend="autograd",
         n_score_tasks=100,
+        n_jobs=None,
         iterations_per_epoch=100,
         n_valid_tasks=50,
         callbacks=None,
@@ -413,6 +420,7 @@ class DAMLClassifier(MetaNetAttributes, BaseMetaLearner):
         self.augment = augment
         self.backend = backend
         self.n_score_tasks = n_score_tasks
+        self.n_jobs = n_jobs
         self.iterations_per_epoch = iterations_per_epoch
         self.n_valid_tasks = n_valid_tasks
         self.callbacks = callbacks

@@ -208,6 +208,12 @@ class ProtoNetClassifier(MetaNetAttributes, BaseMetaLearner):
         meta-training.
     n_score_tasks : int, default=100
         Episodes drawn by ``score``.
+    n_jobs : int or None, default=None
+        Workers of ``score`` / ``episode_scores``' evaluation episodes, on the
+        active ``joblib.parallel_config`` backend (``None``: 1, ``-1``: every core;
+        0 or a float raise ``InvalidParameterError``, a ``ValueError``); the scores
+        equal the serial ones. Meta-training does not use it: it scales with
+        ``torchrun`` (:mod:`fewmed.distributed`).
     iterations_per_epoch : int, default=100
         Updates per skorch "epoch": one row of ``meta_net_.history`` and one
         chance for epoch callbacks (``EarlyStopping``, ``Checkpoint``) to act.
@@ -300,6 +306,7 @@ class ProtoNetClassifier(MetaNetAttributes, BaseMetaLearner):
         lr_decay_step=2000,
         augment=True,
         n_score_tasks=100,
+        n_jobs=None,
         iterations_per_epoch=100,
         n_valid_tasks=50,
         callbacks=None,
@@ -318,6 +325,7 @@ class ProtoNetClassifier(MetaNetAttributes, BaseMetaLearner):
         self.lr_decay_step = lr_decay_step
         self.augment = augment
         self.n_score_tasks = n_score_tasks
+        self.n_jobs = n_jobs
         self.iterations_per_epoch = iterations_per_epoch
         self.n_valid_tasks = n_valid_tasks
         self.callbacks = callbacks

@@ -119,6 +119,12 @@ class ReptileInitializer(BaseMetaLearner):
         fine-tuning.
     n_score_tasks : int, default=100
         Episodes drawn by ``score``.
+    n_jobs : int or None, default=None
+        Workers of ``score`` / ``episode_scores``' evaluation episodes, on the
+        active ``joblib.parallel_config`` backend (``None``: 1, ``-1``: every core;
+        0 or a float raise ``InvalidParameterError``, a ``ValueError``); the scores
+        equal the serial ones. Meta-training does not use it: it scales with
+        ``torchrun`` (:mod:`fewmed.distributed`).
     iterations_per_epoch : int, default=100
         Outer steps per skorch "epoch" of meta-training (a row of
         ``meta_net_.history``; when epoch callbacks act).
@@ -236,6 +242,7 @@ class ReptileInitializer(BaseMetaLearner):
         validation_fraction=0.1,
         augment=False,
         n_score_tasks=100,
+        n_jobs=None,
         iterations_per_epoch=100,
         n_valid_tasks=50,
         meta_patience=5,
@@ -271,6 +278,7 @@ class ReptileInitializer(BaseMetaLearner):
         self.validation_fraction = validation_fraction
         self.augment = augment
         self.n_score_tasks = n_score_tasks
+        self.n_jobs = n_jobs
         self.iterations_per_epoch = iterations_per_epoch
         self.n_valid_tasks = n_valid_tasks
         self.meta_patience = meta_patience
