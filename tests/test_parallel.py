@@ -196,3 +196,25 @@ def test_dask_episodes_use_every_worker(tiny, dask_client):
     np.testing.assert_array_equal(par, serial)
     # each chunk has its own payload, so Dask does not pin both to one worker
     assert len({t["worker"] for t in ts.data}) == 2
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_episodes_measure_real_baselines():
+    """The episodes part times one process on 1 and 2 threads and 2 Dask workers.
+
+    A 1-worker Dask cluster would run in the calling process (joblib's Dask backend
+    counts the cluster's threads), so it is not a baseline; the scores agree.
+    """
+    pytest.importorskip("dask.distributed")
+    from types import SimpleNamespace
+
+    from fewmed.benchmarks.scaling import _episodes
+
+    r = _episodes(SimpleNamespace(filters=4, episodes=4))
+    assert set(r["seconds"]) == {
+        "1 process x 1 thread(s)",
+        "1 process x 2 thread(s)",
+        "2 Dask workers x 1 thread",
+    }
+    assert r["speedup"] > 0
+    assert max(r["max_score_diff"].values()) < 1e-2
