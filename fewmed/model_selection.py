@@ -267,6 +267,22 @@ class Episode:
 
     ``support_y`` / ``query_y`` are in ``0..n_way-1``; ``classes[j]`` is the
     original label of task class ``j``.
+
+    Parameters
+    ----------
+    classes : ndarray of shape (n_way,)
+        The original labels of the task's classes.
+    support_idx, query_idx : ndarray of int
+        Indices of the support and query images in the data sampled from.
+    support_y, query_y : ndarray of int
+        Their task-local labels.
+
+    Examples
+    --------
+    >>> ep = next(EpisodeSampler(n_way=2, n_shot=1, n_query=1, random_state=0).sample(
+    ...     [0, 0, 1, 1, 2, 2], 1))
+    >>> len(ep.support_idx), sorted(ep.support_y.tolist())
+    (2, [0, 1])
     """
 
     classes: np.ndarray

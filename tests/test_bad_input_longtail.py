@@ -66,6 +66,7 @@ FIT_CASES = [
     ("temperature=0 (RSKD)", lambda: rskd(temperature=0.0).fit(X, Y), ValueError, r"'temperature'"),
     ("delta=2 (RSKD)", lambda: rskd(delta=2.0).fit(X, Y), ValueError, r"'delta'.*\[0"),
     ("kd=soft (RSKD)", lambda: rskd(kd="soft").fit(X, Y), ValueError, r"'kd'"),
+    ("n_jobs=0 (RSKD)", lambda: rskd(n_jobs=0).fit(X, Y), ValueError, r"'n_jobs'.*range \[1"),
     (
         "validation_fraction=1 (RSKD)",
         lambda: rskd(validation_fraction=1.0).fit(X, Y),

@@ -312,6 +312,17 @@ def meta_batch_losses(
     -------
     losses, accuracies : Tensor (T,), Tensor (T,)
         ``losses`` is differentiable with respect to ``model``'s parameters.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from fewmed.nn import Conv4
+    >>> _ = torch.manual_seed(0)
+    >>> model = Conv4(n_classes=2, n_filters=4, norm="reference")  # no running stats
+    >>> XS, YS = torch.randn(3, 4, 3, 28, 28), torch.tensor([[0, 0, 1, 1]] * 3)
+    >>> losses, accs = meta_batch_losses(model, XS, YS, XS, YS, lr=0.1, steps=1)
+    >>> losses.shape, losses.requires_grad
+    (torch.Size([3]), True)
     """
     if backend not in _IMPL:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")

@@ -77,6 +77,18 @@ def squared_distances(x: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
     Computed as the sum of squared differences (exact, and with a finite
     gradient where a distance is 0, unlike ``torch.cdist``).
 
+    Parameters
+    ----------
+    x : Tensor of shape (..., m, d)
+        Embeddings (e.g. a task's query embeddings).
+    protos : Tensor of shape (..., K, d)
+        Prototypes (one per class), with the same leading dimensions as ``x``.
+
+    Returns
+    -------
+    Tensor of shape (..., m, K)
+        ``out[..., i, k] = ||x[..., i, :] - protos[..., k, :]||^2``.
+
     Examples
     --------
     >>> import torch

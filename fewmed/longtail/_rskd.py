@@ -29,6 +29,7 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from skorch.utils import to_tensor
 
 from fewmed._dataset import ArrayDataset
+from fewmed._parallel import N_JOBS_CONSTRAINT
 from fewmed.longtail._base import LongTailClassifier
 from fewmed.longtail._distillation import EpochWeights, relational_kd_loss
 from fewmed.longtail._subsets import build_subsets
@@ -286,7 +287,7 @@ default=None
             Interval(Real, 0, 1, closed="neither"),
             None,
         ],
-        "n_jobs": [Integral, None],
+        "n_jobs": N_JOBS_CONSTRAINT,
         "memory": [str, HasMethods(["cache"]), None],
         "sampler": [StrOptions({"balanced"}), None],
         # the validation hold-out of Eq. 3 is set by validation_fraction

@@ -49,6 +49,13 @@ class ReferenceBatchNorm2d(nn.Module):
     images it is batched with. Nothing is stored between calls, so nothing leaks
     from one task to the next.
 
+    Parameters
+    ----------
+    num_features : int
+        Channels of the input ``(n, num_features, H, W)``.
+    eps : float, default=1e-5
+        Added to the variance before the square root.
+
     Examples
     --------
     >>> import torch
