@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fewmed.benchmarks._common import format_table
+from fewmed.benchmarks._rskd_common import _estimator, _group_map
 
 CHEST_MANY, CHEST_FEW = 10000, 2000  # on the full label table: 3 head, 8 medium, 3 tail
 
@@ -44,7 +45,6 @@ def synthetic_chest_images(Y: np.ndarray, size: int = 28, random_state: int = 0)
 def _chest(args, prof, path: Path, memory) -> dict:
     from sklearn.model_selection import GroupShuffleSplit
 
-    from fewmed.benchmarks.rskd import _estimator, _group_map
     from fewmed.datasets import load_multilabel_csv
     from fewmed.longtail import build_subsets
 

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from fewmed.benchmarks._common import format_table
+from fewmed.benchmarks._rskd_common import _estimator
 
 
 def _speedup(args, prof, X, y, seed, repeats: int = 2) -> dict:
@@ -25,7 +26,6 @@ def _speedup(args, prof, X, y, seed, repeats: int = 2) -> dict:
     from joblib import Parallel, delayed
 
     from fewmed import RelationalSubsetsDistiller
-    from fewmed.benchmarks.rskd import _estimator
     from fewmed.longtail import fit_teacher
 
     rng = np.random.default_rng(seed)

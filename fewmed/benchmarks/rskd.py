@@ -26,7 +26,9 @@ the head teacher gets the second core once the others are done
 per teacher" bound that the largest teacher sets.
 
 The multi-label part lives in ``fewmed.benchmarks._rskd_chest``, the ``n_jobs`` timing
-in ``fewmed.benchmarks._rskd_speedup``; this module runs the HAM10000 part and the report.
+in ``fewmed.benchmarks._rskd_speedup``, what the parts share (the shot thresholds, a
+method's estimator, the group mAP) in ``fewmed.benchmarks._rskd_common``; this module
+runs the HAM10000 part and the report.
 """
 
 from __future__ import annotations
@@ -49,12 +51,12 @@ from fewmed.benchmarks._rskd_chest import CHEST_MANY as CHEST_MANY
 from fewmed.benchmarks._rskd_chest import _chest, _chest_labels, _print_chest
 from fewmed.benchmarks._rskd_chest import subsets_as_groups as subsets_as_groups
 from fewmed.benchmarks._rskd_chest import synthetic_chest_images as synthetic_chest_images
+from fewmed.benchmarks._rskd_common import FEW, MANY, _estimator, _group_map
 from fewmed.benchmarks._rskd_speedup import _print_speedup, _speedup
 from fewmed.datasets import load_ham10000_or_synthetic
 
 HEAD, MEDIUM, TAIL = ["nv"], ["bcc", "bkl", "mel"], ["akiec", "df", "vasc"]
 FEATURE_SUBSETS = {"pigmented": ["mel", "nv", "bkl"], "other": ["bcc", "akiec", "vasc", "df"]}
-MANY, FEW = 0.2, 0.04
 
 METHODS = {
     "ERM": dict(kd=None),
@@ -147,41 +149,6 @@ def _settings(args) -> dict:
             None if steps == "epochs" else steps if steps == "student" else int(steps)
         )
     return prof
-
-
-def _estimator(prof: dict, seed: int, args, memory, **params):
-    from fewmed import RelationalSubsetsDistiller
-
-    base = dict(
-        module=prof["module"],
-        n_filters=prof["n_filters"],
-        max_epochs=prof["epochs"],
-        batch_size=prof["batch_size"],
-        lr=prof["lr"],
-        lr_schedule=prof["lr_schedule"],
-        teacher_max_steps=prof["teacher_max_steps"],
-        teacher_patience=prof["teacher_patience"],
-        many=MANY,
-        few=FEW,
-        delta=args.delta,
-        n_jobs=args.n_jobs,
-        memory=memory,
-        random_state=seed,
-        device=args.device,
-        augment=not args.quick,
-    )
-    base.update(params)
-    return RelationalSubsetsDistiller(**base)
-
-
-def _group_map(y_true, proba, groups: dict) -> dict:
-    from fewmed.metrics import per_class_average_precision
-
-    ap = per_class_average_precision(y_true, proba)
-    out = {g: float(np.nanmean(ap[idx])) for g, idx in groups.items()}
-    out["total"] = float(np.nanmean(ap))
-    out["ap_per_class"] = ap.tolist()
-    return out
 
 
 def _ham(args, prof, memory) -> dict:
