@@ -205,11 +205,20 @@ def test_scaling_benchmark_episodes_measure_real_baselines():
     A 1-worker Dask cluster would run in the calling process (joblib's Dask backend
     counts the cluster's threads), so it is not a baseline; the scores agree.
     """
-    pytest.importorskip("dask.distributed")
+    distributed = pytest.importorskip("dask.distributed")
     from types import SimpleNamespace
 
+    from fewmed._parallel import n_workers
     from fewmed.benchmarks.scaling import _episodes
 
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+        parallel_config("dask"),
+    ):
+        assert n_workers(2, 10) == 1  # why the benchmark has no "1 Dask worker" row
     r = _episodes(SimpleNamespace(filters=4, episodes=4))
     assert set(r["seconds"]) == {
         "1 process x 1 thread(s)",
@@ -217,4 +226,5 @@ def test_scaling_benchmark_episodes_measure_real_baselines():
         "2 Dask workers x 1 thread",
     }
     assert r["speedup"] > 0
+    assert r["max_score_diff"]["2 Dask workers x 1 thread"] == 0.0  # 1 thread each: same sums
     assert max(r["max_score_diff"].values()) < 1e-2
